@@ -1,0 +1,66 @@
+"""Callbacks that keep a run recoverable: atomic last/best checkpoints and a resume state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+
+from deeplense_tf import runs
+from deeplense_tf.errors import UserError
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """After every epoch: ``last.keras`` (with optimizer state) and, when the monitored value
+    improved, ``best.keras``; then ``state.json``. Each file is renamed into place, so a kill at
+    any moment leaves the previous complete checkpoint loadable."""
+
+    def __init__(self, run_dir: Path, monitor: str = "val_loss", mode: str = "min", best: float | None = None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        runs.save_keras_model(self.model, self.run_dir / runs.LAST)
+        improved = value is not None and math.isfinite(value) and (
+            self.best is None or self.sign * value < self.sign * self.best)
+        if improved:
+            self.best = float(value)
+            runs.save_keras_model(self.model, self.run_dir / runs.BEST)
+        runs.write_json(self.run_dir / runs.STATE, {
+            "epochs_done": epoch + 1, "monitor": self.monitor, "best": self.best,
+            "best_epoch": epoch + 1 if improved else _previous_best_epoch(self.run_dir),
+        })
+
+
+def _previous_best_epoch(run_dir: Path):
+    path = run_dir / runs.STATE
+    return runs.read_json(path).get("best_epoch") if path.exists() else None
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first non-finite loss and say where; the last good checkpoint stays."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.failure: str | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failure = (f"loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}; training stopped. "
+                            "The last good checkpoint is kept; try a lower --lr")
+            self.model.stop_training = True
+
+    def raise_if_failed(self):
+        if self.failure:
+            raise UserError(self.failure)

@@ -1,0 +1,46 @@
+"""Training-only augmentation as Keras layers inside the model, so it runs on the accelerator.
+
+Lensing images have no preferred orientation: flips and 90-degree rotations are exact
+symmetries of the data (no interpolation, unlike ``RandomRotation``, which would also turn
+XLA off for the whole model). At inference (``training=False``) every layer is the identity.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+class RandomRot90(keras.layers.Layer):
+    """Rotate each image of a square batch by a random multiple of 90 degrees."""
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        k = keras.random.randint((ops.shape(images)[0],), 0, 4, seed=self.seed_generator)
+        rotated = images
+        out = images
+        for quarter in range(1, 4):
+            rotated = ops.flip(ops.transpose(rotated, (0, 2, 1, 3)), axis=2)  # one more 90 degrees
+            choose = ops.reshape(ops.equal(k, quarter), (-1, 1, 1, 1))
+            out = ops.where(choose, rotated, out)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def augmentation_layers(seed: int | None = None) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed, name="random_flip"),
+        RandomRot90(seed=None if seed is None else seed + 1, name="random_rot90"),
+    ]

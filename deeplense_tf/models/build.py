@@ -1,0 +1,37 @@
+"""``create_model``: raw images -> preprocessing -> augmentation -> backbone -> task head.
+
+The model takes images exactly as stored on disk (``(H, W, C)`` float32), so an exported
+model needs no preprocessing code: per-image standardisation, the resize up to the
+architecture's minimum size and grey -> RGB for ImageNet weights are its first layers, and
+the training-only augmentation follows them.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from deeplense_tf.config import ModelConfig
+from deeplense_tf.data.augment import augmentation_layers
+from deeplense_tf.models import heads
+from deeplense_tf.models.preprocess import preprocessing_block
+from deeplense_tf.models.registry import create_backbone, input_plan
+
+
+def create_model(config: ModelConfig, input_shape: tuple[int, int, int], *, n_classes: int = 0,
+                 target_mean: float = 0.0, target_std: float = 1.0, image_size: int | None = None,
+                 seed: int | None = None) -> keras.Model:
+    side = image_size or input_shape[0]
+    plan = input_plan(config.arch, (side, side, input_shape[-1]), config.weights)
+    inputs = keras.Input(input_shape, name="image")
+    x = preprocessing_block(inputs, plan.shape[:2], plan.shape[-1], plan.imagenet_scaling)
+    if config.augment:
+        for layer in augmentation_layers(seed):
+            x = layer(x)
+    backbone = create_backbone(config.arch, plan.shape, weights=config.weights)
+    features = backbone(x)
+    head = {
+        "regression": lambda: heads.regression_head(features, config, target_mean, target_std),
+        "classification": lambda: heads.classification_head(features, config, n_classes),
+        "lens_finding": lambda: heads.lens_finding_head(features, config),
+    }[config.task]
+    return keras.Model(inputs, head(), name=f"{config.arch.replace(':', '_').replace('+', '_')}_{config.task}")

@@ -1,0 +1,194 @@
+"""Architecture registry: one name -> one ``ArchSpec``; ``create_backbone`` builds it.
+
+Adding an architecture means one ``register_arch(ArchSpec(...))`` call in the module that
+builds it (applications.py for Keras Applications); nothing else names architectures.
+
+    >>> from deeplense_tf.models.registry import create_backbone, input_plan, list_archs
+    >>> list_archs("convnext_*")
+    >>> plan = input_plan("inception_v3", (64, 64, 1))      # -> shape (75, 75, 1)
+    >>> backbone = create_backbone("inception_v3", plan.shape)  # images -> (N, F)
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+
+from deeplense_tf.errors import ConfigError, UserError
+
+WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """The facts about one architecture that scripts would otherwise restate.
+
+    ``builder(input_shape, weights)`` returns a ``keras.Model`` from (N, H, W, C) images to
+    pooled features (N, F); it receives ``weights`` None or "imagenet" only (a weights
+    file is loaded by ``create_backbone`` after building). ``imagenet_scaling`` is the
+    input scaling the ImageNet weights expect (``preprocess.ImageNetInput``), None when no
+    ImageNet weights exist.
+    """
+
+    name: str
+    builder: Callable[..., keras.Model]
+    default_size: int  # the size the architecture was designed / pretrained at
+    min_size: int  # smallest H and W it builds at; smaller inputs are resized up
+    family: str
+    source: str  # "keras.applications" or "deeplense_tf" or the library that builds it
+    imagenet_scaling: str | None = None
+    notes: str = field(default="", compare=False)
+
+    @property
+    def has_imagenet(self) -> bool:
+        return self.imagenet_scaling is not None
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What ``preprocessing_block`` must produce for a backbone, and what it is built with."""
+
+    shape: tuple[int, int, int]  # backbone input (H, W, C) after preprocessing
+    imagenet_scaling: str | None  # pass to preprocessing_block; None unless ImageNet weights
+
+
+ARCHS: dict[str, ArchSpec] = {}
+
+
+def register_arch(spec: ArchSpec) -> ArchSpec:
+    if spec.name in ARCHS:
+        raise ValueError(f"architecture {spec.name!r} is already registered ({ARCHS[spec.name].source})")
+    ARCHS[spec.name] = spec
+    return spec
+
+
+def get_arch(name: str) -> ArchSpec:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), ARCHS, n=3)
+        hint = f"closest: {', '.join(close)}" if close else "no close match"
+        raise ConfigError(
+            f"unknown architecture {name!r} ({hint}); "
+            f"`python -m deeplense_tf.train --list-archs` lists all {len(ARCHS)}"
+        ) from None
+
+
+def list_archs(pattern: str = "*") -> list[str]:
+    return sorted(fnmatch.filter(ARCHS, pattern))
+
+
+def normalize_weights(weights: str | None) -> str | None:
+    """None / "none" -> None, "imagenet", or an existing weights file path."""
+    if weights is None or str(weights).lower() == "none":
+        return None
+    if weights == "imagenet":
+        return weights
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"weights file not found: {path!r}; expected none, imagenet or the path of a "
+            f"{' / '.join(WEIGHT_SUFFIXES)} file"
+        )
+    return path
+
+
+def input_plan(name: str, image_shape: tuple[int, int, int], weights: str | None = None) -> InputPlan:
+    """Backbone input for raw images of ``image_shape``: sides resized up to ``min_size``;
+    with ImageNet weights, grey repeated to 3 channels and the weights' input scaling."""
+    spec = get_arch(name)
+    h, w, c = (int(v) for v in image_shape)
+    weights = normalize_weights(weights)
+    if weights == "imagenet":
+        _check_imagenet(spec, c)
+        c = 3
+    return InputPlan(
+        shape=(max(h, spec.min_size), max(w, spec.min_size), c),
+        imagenet_scaling=spec.imagenet_scaling if weights == "imagenet" else None,
+    )
+
+
+def _check_imagenet(spec: ArchSpec, channels: int) -> None:
+    if not spec.has_imagenet:
+        raise ConfigError(f"{spec.name} has no ImageNet weights; use --weights none or a PATH")
+    if channels not in (1, 3):
+        raise ConfigError(
+            f"ImageNet weights need 3 channels (or 1, repeated); {spec.name} received "
+            f"{channels}-channel images: use --weights none"
+        )
+
+
+def _is_download_failure(exc: Exception) -> bool:
+    # Keras' get_file raises a bare Exception("URL fetch failure on <url>: ...").
+    return isinstance(exc, OSError) or "URL fetch failure" in str(exc)
+
+
+def create_backbone(
+    name: str, input_shape: tuple[int, int, int], weights: str | None = None
+) -> keras.Model:
+    """Build ``name`` for (already preprocessed) inputs of ``input_shape`` (H, W, C).
+
+    ``weights``: None / "none" (scratch), "imagenet" (Keras' cache ~/.keras/models; needs
+    C == 3), or a path to weights saved from the same backbone (``save_weights``).
+    """
+    spec = get_arch(name)
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"input_shape must be (H, W, C). Received: input_shape={input_shape}")
+    if min(shape[:2]) < spec.min_size:
+        raise ConfigError(
+            f"{name} needs inputs of at least {spec.min_size}x{spec.min_size}. Received: "
+            f"input_shape={shape}; resize up first (registry.input_plan + preprocessing_block)"
+        )
+    weights = normalize_weights(weights)
+    if weights == "imagenet":
+        _check_imagenet(spec, shape[2])
+        if shape[2] != 3:
+            raise ConfigError(
+                f"ImageNet weights need 3 input channels. Received: input_shape={shape}; "
+                "repeat grey to 3 channels (registry.input_plan does)"
+            )
+    try:
+        model = spec.builder(shape, "imagenet" if weights == "imagenet" else None)
+    except Exception as exc:
+        if weights == "imagenet" and _is_download_failure(exc):
+            detail = " ".join(str(exc).split())
+            raise UserError(
+                f"could not download the ImageNet weights of {name} ({detail}). Keras caches "
+                "them in ~/.keras/models: copy the file named in that URL there from a "
+                "machine with network access, or pass a local weights file with --weights PATH "
+                "(or train from scratch with --weights none)"
+            ) from exc
+        raise
+    if weights not in (None, "imagenet"):
+        _load_weights_file(model, weights, name)
+    return model
+
+
+def _load_weights_file(model: keras.Model, path: str, name: str) -> None:
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, OSError) as exc:
+        detail = " ".join(str(exc).split())
+        raise UserError(
+            f"could not load weights {path!r} into {name} with input shape "
+            f"{tuple(model.input_shape[1:])}: {detail}. The file must come from the same "
+            "architecture and input channels (backbone.save_weights(...))"
+        ) from exc
+
+
+# Importing these modules registers their architectures; a new module is added here.
+BUILTIN_MODULES = (
+    "deeplense_tf.models.applications",
+    "deeplense_tf.models.transformers",
+)
+for _module in BUILTIN_MODULES:
+    if importlib.util.find_spec(_module) is not None:
+        importlib.import_module(_module)

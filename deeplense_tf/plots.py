@@ -1,0 +1,507 @@
+"""Evaluation plots for the deeplense_tf tasks (numpy / scikit-learn / matplotlib, Agg).
+
+Each public function writes PNGs (dpi 120) under ``out_dir`` (created if needed) and returns
+the list of paths written. Figures are closed after saving, so long evaluation loops do not
+accumulate memory. Scores are "higher = more lens-like / more anomalous".
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import auc as _auc  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from deeplense_tf import metrics as _m  # noqa: E402
+
+__all__ = [
+    "regression_plots",
+    "classification_plots",
+    "lens_finding_plots",
+    "anomaly_plots",
+    "training_curves",
+    "plots_for_task",
+    "TASK_PLOTS",
+]
+
+DPI = 120
+DEFAULT_TARGET_LABEL = "log10 m_a [eV]"
+_COLORS = plt.get_cmap("tab10").colors
+
+
+# --------------------------------------------------------------------------- helpers
+def _out(out_dir) -> Path:
+    p = Path(out_dir)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    path = out_dir / name
+    try:
+        fig.savefig(path, dpi=DPI)  # constrained layout: no second draw for a tight bbox
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    s = f"{x:+.{digits}f}"
+    return "+" + s[1:] if float(s) == 0 else s  # no "-0.000"
+
+
+def _text_box(ax, text: str, loc: str = "upper left") -> None:
+    x, ha = (0.03, "left") if "left" in loc else (0.97, "right")
+    y, va = (0.97, "top") if "upper" in loc else (0.03, "bottom")
+    ax.text(
+        x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=9, family="monospace",
+        bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="0.7"),
+    )
+
+
+def _scatter_style(n: int) -> dict:
+    """Point size and alpha that keep dense scatter plots readable from 10 to 1e5 points."""
+    n = max(n, 1)
+    return dict(s=float(np.clip(8000.0 / n, 4.0, 25.0)), alpha=float(np.clip(800.0 / n, 0.2, 0.8)),
+                linewidths=0, rasterized=True)
+
+
+def _residual_unit(label: str) -> str:
+    """Units of pred - true: dex for a log10 target, else the bracketed unit of the label."""
+    if label.strip().lower().startswith("log"):
+        return "dex"
+    if "[" in label and "]" in label:
+        return label[label.index("[") + 1 : label.rindex("]")]
+    return ""
+
+
+def _binned_quantiles(x: np.ndarray, y: np.ndarray, n_bins: int = 15):
+    """Bin centres and the 16/50/84 % quantiles of y in equal-count bins of x."""
+    n_bins = int(max(1, min(n_bins, len(x) // 10)))
+    if n_bins < 2:
+        return None
+    order = np.argsort(x)
+    chunks = np.array_split(order, n_bins)
+    c = np.array([x[i].mean() for i in chunks])
+    q = np.array([np.percentile(y[i], [16, 50, 84]) for i in chunks])
+    return c, q[:, 0], q[:, 1], q[:, 2]
+
+
+def _roc_ax(ax, title: str) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance (AUC 0.5)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+
+
+# --------------------------------------------------------------------------- regression
+def regression_plots(y_true, y_pred, out_dir, label: str = "log10 m_a [eV]") -> list[Path]:
+    """Predicted vs true (with the identity line), residuals vs true, residual histogram.
+
+    ``label`` names the target with its units; residuals are pred - true in the same units.
+    """
+    label = str(label) if label else DEFAULT_TARGET_LABEL
+    y = _m._as_1d(y_true, "y_true")
+    p = _m._as_1d(y_pred, "y_pred")
+    _m._same_length(y_true=y, y_pred=p)
+    out = _out(out_dir)
+    met = _m.regression_metrics(y, p)
+    r = p - y
+    n = len(y)
+    ru = _residual_unit(label)
+    rlabel = f"residual: predicted − true [{ru}]" if ru else "residual: predicted − true"
+    summary = (
+        f"N    = {n}\nMAE  = {_fmt(met['mae'])}\nRMSE = {_fmt(met['rmse'])}\n"
+        f"R²   = {_fmt(met['r2'])}\nbias = {_signed(met['bias'])}\n"
+        f"mean predictor MAE = {_fmt(met['baseline_mae'])}"
+    )
+    paths = []
+
+    # predicted vs true
+    fig, ax = plt.subplots(figsize=(6.2, 6), layout="constrained")
+    lo = float(min(y.min(), p.min()))
+    hi = float(max(y.max(), p.max()))
+    pad = 0.04 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    ax.scatter(y, p, color=_COLORS[0], label="test items", **_scatter_style(n))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1.2, label="identity (pred = true)")
+    b = _binned_quantiles(y, p)
+    if b is not None:
+        c, q16, q50, q84 = b
+        ax.plot(c, q50, color=_COLORS[3], lw=1.8, label="binned median")
+        ax.fill_between(c, q16, q84, color=_COLORS[3], alpha=0.15, label="binned 16-84 %")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"true {label}")
+    ax.set_ylabel(f"predicted {label}")
+    ax.set_title("Predicted vs true")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    _text_box(ax, summary)
+    paths.append(_save(fig, out, "regression_pred_vs_true.png"))
+
+    # residuals vs true
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    ax.scatter(y, r, color=_COLORS[0], label="test items", **_scatter_style(n))
+    ax.axhline(0, color="k", lw=1.2)
+    if b is not None:
+        c, *_ = b
+        _, q16, q50, q84 = _binned_quantiles(y, r)
+        ax.plot(c, q50, color=_COLORS[3], lw=1.8, label="binned median")
+        ax.fill_between(c, q16, q84, color=_COLORS[3], alpha=0.15, label="binned 16-84 %")
+    ax.set_xlabel(f"true {label}")
+    ax.set_ylabel(rlabel)
+    ax.set_title(f"Residuals vs true  (bias {_signed(met['bias'])}, RMSE {_fmt(met['rmse'])} {ru})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    paths.append(_save(fig, out, "regression_residuals_vs_true.png"))
+
+    # residual histogram
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    bins = int(np.clip(np.sqrt(n), 10, 60))
+    ax.hist(r, bins=bins, color=_COLORS[0], alpha=0.75, edgecolor="white", linewidth=0.4)
+    ax.axvline(0, color="k", lw=1.2, label="zero")
+    ax.axvline(met["bias"], color=_COLORS[3], lw=1.5, ls="--", label=f"mean {_signed(met['bias'])}")
+    ax.set_xlabel(f"{rlabel}  ({label})")
+    ax.set_ylabel("items")
+    ax.set_title("Residual distribution")
+    ax.legend(loc="upper right", fontsize=8)
+    _text_box(ax, f"std    = {np.std(r):.3f}\nmedian |r| = {_fmt(met['median_abs_error'])}")
+    paths.append(_save(fig, out, "regression_residual_hist.png"))
+    return paths
+
+
+# --------------------------------------------------------------------------- classification
+def classification_plots(y_true, probs, class_names: Sequence[str], out_dir) -> list[Path]:
+    """One-vs-rest ROC curve per class (AUC in the legend) and the confusion matrix
+    (counts and row-normalised side by side; rows = true class)."""
+    names = [str(c) for c in class_names]
+    P = np.asarray(probs, dtype=float)
+    met = _m.classification_metrics(y_true, P, names)
+    y = _m._class_labels(y_true, len(names))
+    out = _out(out_dir)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6.2, 6), layout="constrained")
+    for i, name in enumerate(names):
+        a = met["per_class_auc"][name]
+        yi = (y == i).astype(int)
+        if a is None:
+            ax.plot([], [], color=_COLORS[i % 10], label=f"{name}: absent from data")
+            continue
+        fpr, tpr, _ = roc_curve(yi, P[:, i])
+        ax.plot(fpr, tpr, color=_COLORS[i % 10], lw=1.8, label=f"{name} vs rest: AUC {a:.4f}")
+    _roc_ax(ax, "ROC, one-vs-rest")
+    ax.legend(loc="lower right", fontsize=9,
+              title=f"macro AUC  OvR {_fmt(met['roc_auc_macro_ovr'], 4)}  "
+                    f"OvO {_fmt(met['roc_auc_macro_ovo'], 4)}", title_fontsize=9)
+    paths.append(_save(fig, out, "classification_roc.png"))
+
+    cm = np.asarray(met["confusion_matrix"], dtype=float)
+    cmn = np.asarray(met["confusion_matrix_normalized"], dtype=float)
+    k = len(names)
+    side = max(4.2, 0.9 * k + 2.2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.2, side), layout="constrained")
+    for ax, mat, title, fmt, vmax in (
+        (axes[0], cm, "counts", "{:.0f}", max(cm.max(), 1)),
+        (axes[1], cmn, "row-normalised (recall on the diagonal)", "{:.2f}", 1.0),
+    ):
+        im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=vmax)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(k), names, rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center")
+        ax.set_yticks(range(k), names)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(title)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    v = mat[i, j]
+                    ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=10 if k <= 8 else 7,
+                            color="white" if v > 0.6 * vmax else "black")
+    fig.suptitle(f"Confusion matrix  (N = {met['n']}, accuracy {met['accuracy']:.3f})")
+    paths.append(_save(fig, out, "classification_confusion.png"))
+    return paths
+
+
+# --------------------------------------------------------------------------- lens finding
+def lens_finding_plots(y_true, score, out_dir) -> list[Path]:
+    """ROC (linear and log false-positive rate, TPR0/TPR10 marked), precision-recall curve
+    with average precision, and score histograms of lenses vs non-lenses."""
+    y = _m._binary_labels(y_true)
+    s = _m._as_1d(score, "score")
+    met = _m.lens_finding_metrics(y, s)
+    out = _out(out_dir)
+    paths = []
+    both = met["n_pos"] > 0 and met["n_neg"] > 0
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+    if both:
+        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+        for ax in axes:
+            ax.plot(fpr, tpr, color=_COLORS[0], lw=1.8, label=f"model: AUC {met['roc_auc']:.4f}")
+        for key, k, col in (("tpr0", 1, _COLORS[3]), ("tpr10", 10, _COLORS[2])):
+            v = met[key]
+            if v is not None and met["n_neg"] >= k:
+                f = (k - 1) / met["n_neg"]
+                lab = f"{key.upper()} = {v:.3f} ({k - 1} false positives)"
+                axes[0].plot([f], [v], "o", color=col, ms=7, zorder=5, label=lab)
+                # FPR 0 has no place on a log axis: TPR0 sits on the left edge
+                axes[1].plot([max(f, 0.5 / met["n_neg"])], [v], "o", color=col, ms=7, zorder=5,
+                             clip_on=False, label=lab)
+    _roc_ax(axes[0], "ROC")
+    axes[0].legend(loc="lower right", fontsize=8)
+    ax = axes[1]
+    lo = 0.5 / max(met["n_neg"], 1)
+    xs = np.geomspace(lo, 1.0, 200)
+    ax.plot(xs, xs, ls="--", color="0.6", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(lo, 1.0)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false-positive rate (log)")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title("ROC, low false-positive rate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Lens finding  (N = {met['n']}: {met['n_pos']} lenses, {met['n_neg']} non-lenses)")
+    paths.append(_save(fig, out, "lens_roc.png"))
+
+    fig, ax = plt.subplots(figsize=(6.2, 5.5), layout="constrained")
+    if met["n_pos"]:
+        prec, rec, _ = precision_recall_curve(y, s)
+        ax.plot(rec, prec, color=_COLORS[0], lw=1.8, drawstyle="steps-post",
+                label=f"model: AP {met['average_precision']:.4f}")
+        ax.axhline(met["prevalence"], ls="--", color="0.6", lw=1,
+                   label=f"random ranking: AP {met['prevalence']:.3f}")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.02)
+    ax.set_xlabel("recall (fraction of lenses found)")
+    ax.set_ylabel("precision (fraction of candidates that are lenses)")
+    ax.set_title("Precision-recall")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    paths.append(_save(fig, out, "lens_precision_recall.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    prob_like = s.min() >= 0.0 and s.max() <= 1.0
+    lo, hi = (0.0, 1.0) if prob_like else (float(s.min()), float(s.max()))
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, int(np.clip(1.5 * np.sqrt(len(s)), 10, 40)) + 1)
+    for lab, name, col in ((0, "non-lenses", _COLORS[0]), (1, "lenses", _COLORS[3])):
+        v = s[y == lab]
+        if v.size:
+            ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.35, color=col)
+            ax.hist(v, bins=bins, density=True, histtype="step", lw=1.6, color=col, label=f"{name} (N = {v.size})")
+    if prob_like:
+        ax.axvline(0.5, color="k", ls=":", lw=1, label="threshold 0.5")
+    ymin, ymax = ax.get_ylim()
+    if len(s) >= 200:  # log scale shows the tails that matter at low false-positive rate
+        ax.set_yscale("log")
+        ymin, ymax = ax.get_ylim()
+        ax.set_ylim(ymin, ymax * 12)  # room for the legend above the bars
+    else:
+        ax.set_ylim(0, ymax * 1.25)
+    ax.set_xlabel("lens score")
+    ax.set_ylabel("density (each class normalised)")
+    ax.set_title("Score distribution")
+    ax.legend(loc="upper center", fontsize=9, ncol=3)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out, "lens_score_hist.png"))
+    return paths
+
+
+# --------------------------------------------------------------------------- anomaly
+def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str, out_dir) -> list[Path]:
+    """Anomaly-score histograms per class and ROC of each other class vs the normal class."""
+    s = _m._as_1d(scores, "scores")
+    labels = np.asarray([str(c) for c in np.asarray(class_names_per_item).reshape(-1)])
+    met = _m.anomaly_metrics(s, labels, normal_class)
+    normal = met["normal_class"]
+    classes = list(met["n_per_class"])
+    out = _out(out_dir)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    lo, hi = float(s.min()), float(s.max())
+    positive = lo > 0 and hi / lo > 30
+    bins = np.geomspace(lo, hi, 41) if positive else np.linspace(lo, hi if hi > lo else lo + 1, 41)
+    for i, c in enumerate(classes):
+        v = s[labels == c]
+        tag = " (normal)" if c == normal else ""
+        # each class normalised to unit total, so classes of different sizes compare
+        ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step", lw=1.8,
+                color=_COLORS[i % 10], label=f"{c}{tag}: N = {v.size}, mean {v.mean():.3g}")
+    if positive:
+        ax.set_xscale("log")
+    ax.set_ylabel("fraction of the class per bin")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend
+    ax.set_xlabel("anomaly score (higher = more anomalous)")
+    ax.set_title(f"Anomaly scores by class (trained on {normal})")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out, "anomaly_score_hist.png"))
+
+    fig, ax = plt.subplots(figsize=(6.2, 6), layout="constrained")
+    is_normal = labels == normal
+    if is_normal.any():
+        for i, c in enumerate(classes):
+            if c == normal:
+                continue
+            m = is_normal | (labels == c)
+            fpr, tpr, _ = roc_curve((labels[m] == c).astype(int), s[m])
+            ax.plot(fpr, tpr, lw=1.8, color=_COLORS[i % 10],
+                    label=f"{c} vs {normal}: AUC {_fmt(met['per_class_auc'][c], 4)}")
+        if len(classes) > 2:
+            fpr, tpr, _ = roc_curve((~is_normal).astype(int), s)
+            ax.plot(fpr, tpr, lw=1.5, color="k", ls="-.", label=f"all vs {normal}: AUC {_fmt(met['auc_vs_all'], 4)}")
+    _roc_ax(ax, f"ROC: anomalous classes vs {normal}")
+    ax.set_xlabel(f"false-positive rate ({normal} flagged)")
+    ax.set_ylabel("true-positive rate (anomalies flagged)")
+    ax.legend(loc="lower right", fontsize=9)
+    paths.append(_save(fig, out, "anomaly_roc.png"))
+    return paths
+
+
+# --------------------------------------------------------------------------- training curves
+def _read_history(path: Path) -> dict[str, np.ndarray]:
+    """Keras CSVLogger file -> {column: float array}, one row per epoch.
+
+    Rows repeated for the same epoch (a run resumed after a kill re-logs it) keep the last.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"training history not found: {path}")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"training history {path} has no epochs (empty or header only)")
+    cols = [c for c in rows[0] if c is not None]
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return math.nan
+
+    data = {c: np.array([num(r.get(c)) for r in rows]) for c in cols}
+    if "epoch" in data:
+        ep = data["epoch"]
+        last = {}
+        for i, e in enumerate(ep):
+            last[e] = i
+        keep = np.array(sorted(last.values(), key=lambda i: ep[i]))
+        data = {c: v[keep] for c, v in data.items()}
+        data["epoch"] = data["epoch"] + 1  # Keras logs 0-based epochs
+    else:
+        data["epoch"] = np.arange(1, len(rows) + 1, dtype=float)
+    return data
+
+
+def training_curves(history_csv, out_dir) -> list[Path]:
+    """Loss and each metric per epoch, train vs validation, from a Keras CSVLogger file.
+
+    One panel per quantity (``loss``, ``mae``, ... paired with ``val_*``), the best
+    validation epoch marked, and a learning-rate panel (log scale) if it was logged.
+    Epochs are shown 1-based. Writes ``training_curves.png``.
+    """
+    path = Path(history_csv)
+    data = _read_history(path)
+    ep = data["epoch"]
+    lr_keys = [c for c in data if c in ("lr", "learning_rate")]
+    base = [c for c in data if c != "epoch" and c not in lr_keys and not c.startswith("val_")]
+    base += [c[4:] for c in data if c.startswith("val_") and c[4:] not in data]  # val-only columns
+    base = sorted(dict.fromkeys(base), key=lambda c: (c != "loss", c))
+    base = [c for c in base if np.isfinite(data.get(c, data.get("val_" + c))).any()]
+    panels = base + lr_keys[:1]
+    if not panels:
+        raise ValueError(f"training history {path} has no loss or metric columns: {list(data)}")
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow), squeeze=False, layout="constrained")
+    best_ep = None
+    if "val_loss" in data and np.isfinite(data["val_loss"]).any():
+        best_ep = ep[int(np.nanargmin(data["val_loss"]))]
+    for ax, key in zip(axes.flat, panels):
+        if key in lr_keys:
+            ax.plot(ep, data[key], color=_COLORS[2], lw=1.8, marker="." if len(ep) < 60 else None)
+            if np.all(data[key][np.isfinite(data[key])] > 0):
+                ax.set_yscale("log")
+            ax.set_title("learning rate")
+            ax.set_ylabel("learning rate")
+        else:
+            vals = []
+            for col, lab, c in ((key, "train", _COLORS[0]), ("val_" + key, "validation", _COLORS[1])):
+                if col in data:
+                    ax.plot(ep, data[col], color=c, lw=1.8, marker="." if len(ep) < 60 else None, label=lab)
+                    vals.append(data[col][np.isfinite(data[col])])
+            v = np.concatenate(vals) if vals else np.array([])
+            if key.endswith("loss") and v.size and v.min() > 0 and v.max() / v.min() > 30:
+                ax.set_yscale("log")
+            ax.set_title(key.replace("_", " "))
+            ax.set_ylabel(key)
+            ax.legend(fontsize=8)
+        if best_ep is not None:
+            ax.axvline(best_ep, color="0.5", ls=":", lw=1)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    title = f"Training history: {path.parent.name or path.name}  ({len(ep)} epochs)"
+    if best_ep is not None:
+        title += f"; best val_loss at epoch {int(best_ep)} (dotted)"
+    fig.suptitle(title)
+    return [_save(fig, _out(out_dir), "training_curves.png")]
+
+
+# --------------------------------------------------------------------------- dispatch
+def _regression(y_true, y_pred, out_dir, class_names=None, label=None, **_):
+    return regression_plots(y_true, y_pred, out_dir, label=label or DEFAULT_TARGET_LABEL)
+
+
+def _classification(y_true, y_pred, out_dir, class_names=None, **_):
+    P = np.asarray(y_pred, dtype=float)
+    if class_names is None:
+        class_names = [f"class_{i}" for i in range(P.shape[-1])]
+    return classification_plots(y_true, P, class_names, out_dir)
+
+
+def _lens_finding(y_true, y_pred, out_dir, class_names=None, **_):
+    return lens_finding_plots(y_true, y_pred, out_dir)
+
+
+def _anomaly(y_true, y_pred, out_dir, class_names=None, normal_class="no_sub", **_):
+    return anomaly_plots(y_pred, _m._names_per_item(y_true, class_names), normal_class, out_dir)
+
+
+TASK_PLOTS: dict[str, Callable[..., list[Path]]] = {
+    "regression": _regression,
+    "classification": _classification,
+    "lens_finding": _lens_finding,
+    "anomaly": _anomaly,
+}
+
+
+def plots_for_task(task: str, y_true, y_pred, out_dir, class_names=None, **kwargs: Any) -> list[Path]:
+    """Plots for ``task`` (a key of ``TASK_PLOTS``), arguments as in ``metrics.metrics_for_task``
+    plus ``out_dir``; ``label=`` (regression) and ``normal_class=`` (anomaly) pass through."""
+    try:
+        fn = TASK_PLOTS[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASK_PLOTS)}") from None
+    return fn(y_true, y_pred, out_dir, class_names=class_names, **kwargs)

@@ -1,0 +1,119 @@
+"""The run directory and atomic writes.
+
+Layout (DESIGN.md): ``runs/<arch>-<task>-<YYYYmmdd-HHMMSS>/`` with ``config.json``,
+``data.json`` (class names, target scaling), ``split.csv``, ``history.csv``,
+``checkpoints/{last,best}.keras`` + ``checkpoints/state.json``, ``logs/`` (TensorBoard),
+``metrics.json``, ``predictions.csv``, ``plots/``, ``export/saved_model/``, ``model.keras``.
+
+Every file is written to a temporary name in the same folder and renamed into place, so an
+interrupted run never leaves a half-written checkpoint, config or export behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from deeplense_tf.errors import UserError
+
+CONFIG = "config.json"
+DATA_INFO = "data.json"
+STATE = "checkpoints/state.json"
+LAST = "checkpoints/last.keras"
+BEST = "checkpoints/best.keras"
+SAVED_MODEL = "export/saved_model"
+KERAS_MODEL = "model.keras"
+
+
+def new_run_dir(out: str | Path, arch: str, task: str) -> Path:
+    """Create a fresh run folder; never reuses an existing one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(out) / f"{arch.replace(':', '_').replace('+', '_')}-{task}-{stamp}"
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the output folder {base.parent}: {err}") from None
+    for attempt in range(1000):
+        path = base if attempt == 0 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / "checkpoints").mkdir()
+        return path
+    raise UserError(f"could not create a new run folder under {base.parent}")
+
+
+def require_run_dir(path: str | Path) -> Path:
+    """A folder written by ``train``, or a clear error saying what is missing."""
+    run = Path(path)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist")
+    if not (run / CONFIG).is_file():
+        raise UserError(f"{run} is not a deeplense_tf run directory: it has no {CONFIG} "
+                        "(pass a folder that `python -m deeplense_tf.train` created)")
+    return run
+
+
+@contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it replaces ``target`` in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    tmp_path.unlink()
+    try:
+        yield tmp_path
+        if tmp_path.is_dir() and target.is_dir():
+            _replace_dir(tmp_path, target)
+        else:
+            os.replace(tmp_path, target)
+    finally:
+        if tmp_path.is_dir():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap a finished directory in: the old one is kept until the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_keras_model(model, path: str | Path) -> None:
+    """``model.save`` wants a ``.keras`` suffix, so the temporary file keeps it."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

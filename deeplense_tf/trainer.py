@@ -1,0 +1,157 @@
+"""The training run behind ``python -m deeplense_tf.train``: each step a function of its own.
+
+``train_run``: data -> model -> fit (atomic checkpoints, history, TensorBoard) -> test
+metrics and plots from the best checkpoint -> SavedModel + ``.keras``.
+``resume_run``: the same from a run directory's saved config and last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deeplense_tf import runs
+from deeplense_tf.callbacks import AtomicCheckpoint, StopOnNaN
+from deeplense_tf.config import RunConfig, TrainConfig, replace
+from deeplense_tf.data.pipeline import create_dataset
+from deeplense_tf.data.prepare import PreparedData, check_split, prepare_data, split_table
+from deeplense_tf.errors import ConfigError, UserError
+from deeplense_tf.evaluate import evaluate_predictions, predict, summary_line
+from deeplense_tf.export import export_run
+from deeplense_tf.models.build import create_model
+from deeplense_tf.models.registry import get_arch, normalize_weights
+from deeplense_tf.tasks import get_task
+
+OPTIMIZERS = {
+    "adam": lambda t: keras.optimizers.Adam(t.lr),
+    "adamw": lambda t: keras.optimizers.AdamW(t.lr, weight_decay=t.weight_decay),
+    "sgd": lambda t: keras.optimizers.SGD(t.lr, momentum=0.9, nesterov=True),
+}
+METRICS = {
+    "mae": lambda: keras.metrics.MeanAbsoluteError(name="mae"),
+    "rmse": lambda: keras.metrics.RootMeanSquaredError(name="rmse"),
+    "accuracy": lambda: "accuracy",
+    "auc": lambda: keras.metrics.AUC(name="auc"),
+}
+
+
+def train_run(config: RunConfig) -> Path:
+    get_arch(config.model.arch)  # a typo fails now, not after minutes of data loading
+    normalize_weights(config.model.weights)
+    strategy = set_up(config.train)
+    data = prepare_data(config)
+    with strategy.scope():  # before the run folder exists: a bad arch or weights writes nothing
+        model = create_model(config.model, data.input_shape, n_classes=len(data.class_names),
+                             target_mean=data.target_mean, target_std=data.target_std,
+                             image_size=config.data.image_size, seed=config.train.seed)
+        compile_model(model, config)
+    check_batch_size(config.train.batch_size, len(data.splits["train"]))
+    run_dir = runs.new_run_dir(config.train.out, config.model.arch, config.model.task)
+    print(f"run directory: {run_dir}")
+    config.save(run_dir / runs.CONFIG)
+    runs.write_json(run_dir / runs.DATA_INFO, data.info(config))
+    split_table(data).to_csv(run_dir / "split.csv", index=False)
+    return fit_and_finish(model, config, data, run_dir, initial_epoch=0)
+
+
+def check_batch_size(batch_size: int, n_train: int) -> None:
+    if batch_size > n_train:
+        raise ConfigError(f"--batch-size {batch_size} is larger than the training split ({n_train} images); "
+                          "lower it or use more data")
+
+
+def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
+    run_dir = runs.require_run_dir(run_dir)
+    config = RunConfig.load(run_dir / runs.CONFIG)
+    if epochs is not None:
+        config = replace(config, train={"epochs": epochs})
+        config.save(run_dir / runs.CONFIG)
+    if not (run_dir / runs.LAST).is_file() or not (run_dir / runs.STATE).is_file():
+        raise UserError(f"{run_dir} has no complete checkpoint to resume from ({runs.LAST}); start a new run")
+    done = runs.read_json(run_dir / runs.STATE)["epochs_done"]
+    strategy = set_up(config.train)
+    data = prepare_data(config)
+    check_split(data, run_dir / "split.csv")
+    print(f"resuming {run_dir} after epoch {done} of {config.train.epochs}")
+    with strategy.scope():
+        model = keras.models.load_model(run_dir / runs.LAST)
+    return fit_and_finish(model, config, data, run_dir, initial_epoch=done)
+
+
+def set_up(train: TrainConfig) -> tf.distribute.Strategy:
+    """Seeds and devices; a MirroredStrategy when several GPUs are visible."""
+    if train.device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    gpus = tf.config.list_logical_devices("GPU")
+    if train.device == "gpu" and not gpus:
+        raise ConfigError("--device gpu: TensorFlow sees no GPU (install tensorflow[and-cuda] and check nvidia-smi)")
+    keras.utils.set_random_seed(train.seed)
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def compile_model(model: keras.Model, config: RunConfig) -> None:
+    task = get_task(config.model.task)
+    model.compile(optimizer=OPTIMIZERS[config.train.optimizer](config.train), loss=task.loss,
+                  metrics=[METRICS[name]() for name in task.metrics], jit_compile=config.train.jit_compile)
+
+
+def fit_and_finish(model: keras.Model, config: RunConfig, data: PreparedData, run_dir: Path,
+                   initial_epoch: int) -> Path:
+    t = config.train
+    task = get_task(config.model.task)
+    x_train, y_train = data.subset("train")
+    x_val, y_val = data.subset("val")
+    train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), t.batch_size, training=True, seed=t.seed)
+    val_ds = create_dataset(x_val, _fit_labels(task.name, y_val), t.batch_size, training=False)
+    state_path = run_dir / runs.STATE
+    best = runs.read_json(state_path).get("best") if state_path.exists() else None
+    nan_guard = StopOnNaN()
+    callbacks = [
+        nan_guard,
+        AtomicCheckpoint(run_dir, task.monitor, task.monitor_mode, best=best),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=initial_epoch > 0),
+        keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5, patience=2,
+                                          verbose=1),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch"),
+    ]
+    started = time.time()
+    if initial_epoch < t.epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    nan_guard.raise_if_failed()
+    print(f"training took {time.time() - started:.0f} s")
+    return finish(config, data, run_dir)
+
+
+def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
+    """Evaluate the best checkpoint on the test split, plot the history, export."""
+    from deeplense_tf.plots import training_curves
+
+    best = run_dir / (runs.BEST if (run_dir / runs.BEST).is_file() else runs.LAST)
+    model = keras.models.load_model(best, compile=False)
+    x_test, y_test = data.subset("test")
+    outputs = predict(model, x_test, config.train.batch_size)
+    document = evaluate_predictions(config.model.task, y_test, outputs, data.info(config),
+                                    data.table.loc[data.splits["test"]], run_dir,
+                                    {"run": str(run_dir), "data": data.source, "split": "test",
+                                     "tta": False, "n": int(len(y_test)), "checkpoint": best.name})
+    if (run_dir / "history.csv").is_file():
+        training_curves(run_dir / "history.csv", run_dir / "plots")
+    paths = export_run(model, run_dir)
+    print(summary_line(document))
+    print(f"metrics:     {run_dir / 'metrics.json'}\npredictions: {run_dir / 'predictions.csv'}\n"
+          f"plots:       {run_dir / 'plots'}\nSavedModel:  {paths['saved_model']}\nKeras model: {paths['keras']}\n"
+          f"TensorBoard: tensorboard --logdir {run_dir / 'logs'}")
+    return run_dir
+
+
+def _fit_labels(task: str, y: np.ndarray) -> np.ndarray:
+    """Class indices stay (N,) for the sparse loss; scalar targets become (N, 1) like the one-unit heads."""
+    return y if task == "classification" else y.reshape(-1, 1).astype(np.float32)

@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from deeplense_tf.config import RunConfig, replace
+from deeplense_tf.errors import ConfigError
+
+
+def test_round_trip_through_json(tmp_path):
+    config = replace(RunConfig(), model={"arch": "densenet121", "fc_units": (32, 8)}, train={"epochs": 3})
+    config.save(tmp_path / "config.json")
+    loaded = RunConfig.load(tmp_path / "config.json")
+    assert loaded == config
+    assert loaded.model.fc_units == (32, 8)
+
+
+@pytest.mark.parametrize("raw, name", [
+    ({"modle": {}}, "modle"),
+    ({"train": {"epochs": 2, "learning_rate": 0.1}}, "learning_rate"),
+    ({"data": {"sampels": 3}}, "sampels"),
+])
+def test_unknown_keys_are_rejected_by_name(raw, name):
+    with pytest.raises(ConfigError, match=name):
+        RunConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize("section, change, word", [
+    ("model", {"task": "segmentation"}, "task"),
+    ("train", {"optimizer": "rmsprop"}, "optimizer"),
+    ("train", {"epochs": 0}, "epochs"),
+    ("data", {"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction"),
+    ("model", {"dropout": 1.5}, "dropout"),
+])
+def test_invalid_values_are_rejected(section, change, word):
+    with pytest.raises(ConfigError, match=word):
+        replace(RunConfig(), **{section: change})
+
+
+def test_partial_dict_keeps_defaults():
+    config = RunConfig.from_dict({"train": {"epochs": 2}})
+    assert config.train.epochs == 2 and config.model == RunConfig().model
+
+
+def test_unreadable_config_file(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        RunConfig.load(tmp_path / "bad.json")
+
+
+def test_to_dict_is_json():
+    assert json.loads(json.dumps(RunConfig().to_dict()))["model"]["arch"] == "efficientnet_b0"

@@ -1,0 +1,161 @@
+"""Architecture registry and Keras Applications backbones.
+
+    python -m pytest tests/test_registry.py -m "not slow"   # fast subset, ~1 min on 2 cores
+    python -m pytest tests/test_registry.py -m slow         # every architecture builds
+"""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+
+from deeplense_tf.errors import ConfigError, UserError
+from deeplense_tf.models import applications, registry
+from deeplense_tf.models.registry import (
+    ARCHS,
+    ArchSpec,
+    create_backbone,
+    get_arch,
+    input_plan,
+    list_archs,
+    register_arch,
+)
+
+# One per family that matters on this project, plus the min-size (75 px) case.
+FAST = ["efficientnet_b0", "mobilenet_v3_small", "resnet50_v2", "densenet121", "convnext_tiny",
+        "inception_resnet_v2"]
+
+
+def tiny_images(n=2, size=32, channels=1, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, size, size, channels)).astype("float32")
+
+
+def size_for(name):
+    return max(32, get_arch(name).min_size)
+
+
+@functools.cache
+def built(name):
+    """Each test-size backbone is built once per session."""
+    return create_backbone(name, (size_for(name), size_for(name), 1))
+
+
+def assert_forward(model, size):
+    x = tiny_images(2, size)
+    y = np.asarray(model(x, training=False))
+    assert y.ndim == 2 and y.shape[0] == 2 and np.all(np.isfinite(y))
+    # Untrained BatchNorm statistics shrink some nets' inference outputs towards a
+    # constant; with batch statistics the two images must give different features.
+    y_train = np.asarray(model(x, training=True))
+    assert np.all(np.isfinite(y_train)) and not np.allclose(y_train[0], y_train[1])
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_backbone_forward(name):
+    assert_forward(built(name), size_for(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_archs())
+def test_every_arch_builds_at_min_size(name):
+    keras.backend.clear_session()
+    size = get_arch(name).min_size
+    assert_forward(create_backbone(name, (size, size, 1)), size)
+
+
+def test_every_keras_application_is_registered():
+    classes = {n for n in dir(keras.applications) if n[0].isupper()}
+    registered = {row[1] for row in applications.KERAS_APPLICATIONS}
+    assert classes == registered
+    assert all(get_arch(row[0]).source == "keras.applications" for row in applications.KERAS_APPLICATIONS)
+
+
+def test_specs_are_consistent():
+    for spec in ARCHS.values():
+        assert spec.min_size <= spec.default_size and spec.family and spec.source
+        assert spec.name == spec.name.lower() and " " not in spec.name
+
+
+def test_unknown_name_lists_close_names():
+    with pytest.raises(ConfigError) as err:
+        get_arch("efficientnet_b9")
+    assert "efficientnet_b" in str(err.value) and "--list-archs" in str(err.value)
+    with pytest.raises(ConfigError):
+        create_backbone("convnext_tinyy", (32, 32, 1))
+
+
+def test_duplicate_register_raises(monkeypatch):
+    monkeypatch.setattr(registry, "ARCHS", dict(ARCHS))
+    spec = ArchSpec("dummy_net", lambda shape, weights: None, 64, 32, "dummy", "tests")
+    assert register_arch(spec) is spec and registry.get_arch("dummy_net") is spec
+    with pytest.raises(ValueError):
+        register_arch(spec)
+
+
+def test_list_archs_pattern():
+    assert list_archs("convnext_*") == [
+        "convnext_base", "convnext_large", "convnext_small", "convnext_tiny", "convnext_xlarge"]
+    assert list_archs() == sorted(ARCHS) and len(list_archs()) >= 40
+    assert list_archs("no_such_*") == []
+
+
+def test_input_plan():
+    assert input_plan("inception_v3", (64, 64, 1)) == registry.InputPlan((75, 75, 1), None)
+    assert input_plan("inception_v3", (64, 64, 1), "imagenet") == registry.InputPlan((75, 75, 3), "tf")
+    assert input_plan("efficientnet_b0", (64, 64, 1), "none").shape == (64, 64, 1)
+    with pytest.raises(ConfigError):
+        input_plan("resnet50", (64, 64, 5), "imagenet")
+
+
+def test_too_small_input_is_rejected():
+    with pytest.raises(ConfigError, match="at least 71"):
+        create_backbone("xception", (64, 64, 1))
+
+
+def test_imagenet_offline_is_a_clear_user_error(monkeypatch):
+    def offline(**kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/keras-applications/"
+                        "efficientnetb0_notop.h5: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.applications, "EfficientNetB0", offline)
+    with pytest.raises(UserError) as err:
+        create_backbone("efficientnet_b0", (32, 32, 3), weights="imagenet")
+    message = str(err.value)
+    assert "\n" not in message and "efficientnet_b0" in message
+    assert "~/.keras/models" in message and "--weights PATH" in message
+
+
+def test_imagenet_needs_three_channels():
+    with pytest.raises(ConfigError, match="3 input channels"):
+        create_backbone("efficientnet_b0", (32, 32, 1), weights="imagenet")
+
+
+def test_weights_file_round_trip(tmp_path):
+    model = built("convnext_tiny")
+    path = tmp_path / "backbone.weights.h5"
+    model.save_weights(path)
+    fresh = create_backbone("convnext_tiny", (32, 32, 1), weights=str(path))
+    x = tiny_images(2, 32, seed=1)
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(fresh(x)))
+    with pytest.raises(ConfigError, match="not found"):
+        create_backbone("convnext_tiny", (32, 32, 1), weights=str(tmp_path / "missing.h5"))
+
+
+def test_convnext_depthwise_swap_keeps_outputs():
+    grouped = applications.build_keras_application("ConvNeXtTiny", "convnext", (32, 32, 1),
+                                                   fast_depthwise=False)
+    swapped = applications.grouped_to_depthwise(grouped)
+    kinds = [type(layer) for layer in swapped.layers]
+    assert kinds.count(keras.layers.DepthwiseConv2D) == 18
+    assert not any(type(l) is keras.layers.Conv2D and l.groups > 1 for l in swapped.layers)
+    x = tiny_images(2, 32, seed=2)
+    np.testing.assert_allclose(np.asarray(swapped(x)), np.asarray(grouped(x)), atol=1e-4)
+
+
+def test_efficientnet_stem_keeps_standardised_scale():
+    model = built("efficientnet_b0")
+    assert not any(isinstance(l, keras.layers.Rescaling) for l in model.layers)
+    stem = keras.Model(model.input, model.get_layer("stem_activation").output)
+    # Without the fix the 1/255 input scale leaves this at ~0.01 (below BatchNorm's epsilon).
+    assert np.std(np.asarray(stem(tiny_images(2, 32), training=True))) > 0.2
