@@ -104,6 +104,13 @@ def compile_model(model: keras.Model, config: RunConfig) -> None:
 
 def fit_and_finish(model: keras.Model, config: RunConfig, data: PreparedData, run_dir: Path,
                    initial_epoch: int) -> Path:
+    fit_model(model, config, data, run_dir, initial_epoch)
+    return finish(config, data, run_dir)
+
+
+def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir: Path, initial_epoch: int = 0,
+              extra_callbacks: tuple = ()) -> keras.callbacks.History | None:
+    """``model.fit`` with the run's callbacks; None when the run had already finished its epochs."""
     t = config.train
     task = get_task(config.model.task)
     x_train, y_train = data.subset("train")
@@ -120,14 +127,16 @@ def fit_and_finish(model: keras.Model, config: RunConfig, data: PreparedData, ru
         keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5, patience=2,
                                           verbose=1),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch"),
+        *extra_callbacks,
     ]
+    if initial_epoch >= t.epochs:
+        return None
     started = time.time()
-    if initial_epoch < t.epochs:
-        model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
+                        callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     nan_guard.raise_if_failed()
     print(f"training took {time.time() - started:.0f} s")
-    return finish(config, data, run_dir)
+    return history
 
 
 def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
