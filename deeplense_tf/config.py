@@ -15,7 +15,7 @@ from typing import Any
 
 from deeplense_tf.errors import ConfigError
 
-TASKS = ("regression", "classification", "lens_finding")
+TASKS = ("regression", "classification", "lens_finding", "anomaly")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -36,10 +36,13 @@ class DataConfig:
     allow_pickle: bool = False
     # Worker processes for simulation and threads for reading; None = all cores.
     workers: int | None = None
+    # Anomaly detection trains on this class only and scores every other class against it.
+    normal_class: str = "no_sub"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # A backbone from --list-archs; for --task anomaly an autoencoder (conv_autoencoder, vae).
     arch: str = "efficientnet_b0"
     task: str = "regression"
     # None/"none" = train from scratch (the default: no network needed); "imagenet" or a local weights file.

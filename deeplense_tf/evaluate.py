@@ -42,12 +42,13 @@ def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: di
 
     out_dir.mkdir(parents=True, exist_ok=True)
     y_pred = outputs if task == "classification" else outputs.reshape(-1)
-    result = metrics.metrics_for_task(task, y, y_pred, class_names=info["class_names"] or None)
+    extra = {"normal_class": info.get("normal_class", "no_sub")} if task == "anomaly" else {}
+    result = metrics.metrics_for_task(task, y, y_pred, class_names=info["class_names"] or None, **extra)
     document = {**header, "task": task, "metrics": result}
     runs.write_json(out_dir / "metrics.json", document)
     predictions_frame(task, y, y_pred, info, table).to_csv(out_dir / "predictions.csv", index=False)
     plots.plots_for_task(task, y, y_pred, out_dir / "plots", class_names=info["class_names"] or None,
-                         label=info.get("target"))
+                         label=info.get("target"), **extra)
     return document
 
 
@@ -65,6 +66,9 @@ def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, 
         frame[f"pred_{target}"] = y_pred
         if target.startswith("log10_"):
             frame[f"pred_{target[6:]}"] = 10.0 ** y_pred.astype(np.float64)
+    elif task == "anomaly":
+        frame["true"] = np.asarray(info["class_names"])[y]
+        frame["anomaly_score"] = y_pred
     else:
         frame["is_lens"] = y
         frame["lens_probability"] = y_pred
@@ -101,7 +105,7 @@ def load_other_data(config, info: dict, data: str, allow_pickle: bool):
     if prepared.input_shape != tuple(info["input_shape"]):
         raise DataError(f"{data}: images of shape {prepared.input_shape}, but the model takes {tuple(info['input_shape'])}")
     y = prepared.y
-    if config.model.task == "classification":
+    if config.model.task in ("classification", "anomaly"):
         unknown = sorted(set(prepared.class_names) - set(info["class_names"]))
         if unknown:
             raise DataError(f"{data}: classes {unknown} are unknown to the model, which knows {info['class_names']}")
@@ -158,7 +162,8 @@ def evaluate_run(args) -> Path:
 
 
 def summary_line(document: dict) -> str:
-    keys = ("mae", "rmse", "r2", "accuracy", "roc_auc_macro_ovr", "roc_auc", "tpr0", "tpr10", "average_precision")
+    keys = ("mae", "rmse", "r2", "accuracy", "roc_auc_macro_ovr", "roc_auc", "tpr0", "tpr10", "average_precision",
+            "auc_vs_all")
     found = {k: document["metrics"][k] for k in keys if isinstance(document["metrics"].get(k), (int, float))}
     return f"{document['task']} on {document['n']} images: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items())
 

@@ -96,6 +96,8 @@ def format_predictions(info: dict, files: list[Path], outputs: np.ndarray) -> pd
         frame[target] = outputs.reshape(-1)
         if target.startswith("log10_"):
             frame[target[6:]] = 10.0 ** outputs.reshape(-1).astype(np.float64)
+    elif task == "anomaly":
+        frame["anomaly_score"] = outputs.reshape(-1)
     else:
         frame["lens_probability"] = outputs.reshape(-1)
     return frame

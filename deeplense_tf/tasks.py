@@ -5,6 +5,7 @@
 | regression | a numeric column (default log10 axion mass), standardised inside the head | Dense-ReLU-BN-Dropout x2, Dense(1), de-standardise | MSE in physical units |
 | classification | class index, classes in alphabetical order (axion, cdm, no_sub) | Dropout, Dense(K) softmax | categorical cross-entropy |
 | lens_finding | ``is_lens`` column, or two class folders (non-lens first) | Dropout, Dense(1) sigmoid | binary cross-entropy |
+| anomaly | class index; trains on the normal class only | autoencoder, output = anomaly score | reconstruction error (+ KL) |
 
 The regression head ends with a fixed affine layer (train mean/std of the target), so the
 network learns a standardised target while every output, metric and export is in physical
@@ -36,10 +37,11 @@ class TaskLabels:
 class Task:
     name: str
     labels: Callable[[pd.DataFrame, str], TaskLabels]
-    loss: str
+    loss: str | None
     metrics: tuple[str, ...]
     monitor: str  # validation quantity for the best checkpoint
     monitor_mode: str
+    trains_on_normal_class_only: bool = False
 
 
 def regression_labels(table: pd.DataFrame, target: str) -> TaskLabels:
@@ -102,6 +104,8 @@ TASKS: dict[str, Task] = {
                            ("accuracy",), "val_loss", "min"),
     "lens_finding": Task("lens_finding", lens_finding_labels, "binary_crossentropy",
                          ("accuracy", "auc"), "val_loss", "min"),
+    # The autoencoder adds its own loss (reconstruction error, + KL for the VAE): no target, no loss here.
+    "anomaly": Task("anomaly", classification_labels, None, (), "val_loss", "min", trains_on_normal_class_only=True),
 }
 
 

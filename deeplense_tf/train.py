@@ -11,6 +11,7 @@ These defaults finish in under ~10 minutes on a 2-core CPU; on a GPU raise --sam
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
@@ -31,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target", help=f"regression target column (default {d.target})")
     data.add_argument("--allow-pickle", action="store_true", default=None,
                       help="read pickled .npy files (DeepLense axion files): unpickling runs code from the file")
+    data.add_argument("--normal-class", help="--task anomaly: the class the autoencoder learns (default no_sub)")
     data.add_argument("--workers", type=int, help="processes for simulation / threads for reading (default: all cores)")
     model = p.add_argument_group("Model")
-    model.add_argument("--arch", help=f"architecture name, see --list-archs (default {m.arch})")
+    model.add_argument("--arch", help=f"architecture name, see --list-archs (default {m.arch}; "
+                       "for --task anomaly conv_autoencoder or vae, default conv_autoencoder)")
     model.add_argument("--task", choices=TASKS, help=f"what to learn (default {m.task})")
     model.add_argument("--weights", help="none (train from scratch, default), imagenet (needs a network "
                        "or ~/.keras/models), or a local weights file")
@@ -62,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_ANOMALY_ARCH = "conv_autoencoder"
 FLAG_FIELDS = {
-    "data": ("data", "samples", "image_size", "target", "allow_pickle", "workers"),
+    "data": ("data", "samples", "image_size", "target", "allow_pickle", "workers", "normal_class"),
     "model": ("arch", "task", "weights", "dropout", "fc_units", "augment"),
     "train": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "device", "jit_compile", "out"),
 }
@@ -78,6 +82,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                for section, fields in FLAG_FIELDS.items()}
     if changes["model"].get("weights") in ("none", ""):
         changes["model"]["weights"] = None
+    if changes["model"].get("task") == "anomaly" and "arch" not in changes["model"]:
+        changes["model"]["arch"] = DEFAULT_ANOMALY_ARCH
     return replace(base, **{k: v for k, v in changes.items() if v})
 
 
@@ -105,6 +111,11 @@ def print_archs(pattern: str) -> None:
         spec = ARCHS[name]
         print(f"{name:<28} {spec.family:<16} default {spec.default_size:>3}px  min {spec.min_size:>3}px  {spec.source}")
     print(f"{len(names)} architectures", file=sys.stderr)
+    from deeplense_tf.models.autoencoders import AUTOENCODERS
+
+    for spec in AUTOENCODERS.values():
+        if fnmatch.fnmatch(spec.name, pattern):
+            print(f"{spec.name:<28} {'autoencoder':<16} --task anomaly: {spec.description}")
 
 
 if __name__ == "__main__":

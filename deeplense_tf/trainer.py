@@ -41,7 +41,8 @@ METRICS = {
 
 
 def train_run(config: RunConfig) -> Path:
-    get_arch(config.model.arch)  # a typo fails now, not after minutes of data loading
+    if config.model.task != "anomaly":
+        get_arch(config.model.arch)  # a typo fails now, not after minutes of data loading
     normalize_weights(config.model.weights)
     strategy = set_up(config.train)
     data = prepare_data(config)
@@ -163,4 +164,6 @@ def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
 
 def _fit_labels(task: str, y: np.ndarray) -> np.ndarray:
     """Class indices stay (N,) for the sparse loss; scalar targets become (N, 1) like the one-unit heads."""
+    if task == "anomaly":  # the autoencoder's target is its input
+        return np.zeros(len(y), np.float32)
     return y if task == "classification" else y.reshape(-1, 1).astype(np.float32)

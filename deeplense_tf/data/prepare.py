@@ -43,6 +43,7 @@ class PreparedData:
         """What ``data.json`` records: enough to label outputs and rebuild the model."""
         return {
             "source": self.source, "task": config.model.task, "target": config.data.target,
+            "normal_class": config.data.normal_class,
             "class_names": self.class_names, "input_shape": list(self.input_shape),
             "target_mean": self.target_mean, "target_std": self.target_std,
             "counts": {s: int(len(i)) for s, i in self.splits.items()},
@@ -63,6 +64,8 @@ def prepare_data(config: RunConfig) -> PreparedData:
                       workers=d.workers)
     data, strata = label_index(index, config.model.task, d.target)
     data.splits = stratified_split(strata, d.val_fraction, d.test_fraction, config.train.seed)
+    if get_task(config.model.task).trains_on_normal_class_only:
+        data.splits = normal_class_splits(data, d.normal_class)
     if config.model.task == "regression":
         train_y = data.y[data.splits["train"]]
         data.target_mean = float(np.mean(train_y))
@@ -70,8 +73,21 @@ def prepare_data(config: RunConfig) -> PreparedData:
     return data
 
 
+def normal_class_splits(data: PreparedData, normal_class: str) -> dict[str, np.ndarray]:
+    """Train and validate on the normal class only; test on its test part plus every other image."""
+    if normal_class not in data.class_names:
+        raise DataError(f"--normal-class {normal_class!r}: the data has no images of that class. "
+                        f"Classes found: {data.class_names}")
+    normal = data.y == data.class_names.index(normal_class)
+    splits = {name: idx[normal[idx]] for name, idx in data.splits.items()}
+    splits["test"] = np.sort(np.concatenate([splits["test"], np.flatnonzero(~normal)]))
+    return splits
+
+
 def split_table(data: PreparedData) -> pd.DataFrame:
     rows = [(int(i), split) for split in SPLITS for i in data.splits[split]]
+    used = {row for row, _ in rows}
+    rows += [(i, "unused") for i in range(len(data.y)) if i not in used]
     frame = pd.DataFrame(rows, columns=["row", "split"]).sort_values("row")
     cols = [c for c in ("file", "class") if c in data.table.columns]
     return pd.concat([frame.reset_index(drop=True), data.table.loc[frame["row"], cols].reset_index(drop=True)],

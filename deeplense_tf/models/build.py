@@ -13,6 +13,7 @@ import keras
 from deeplense_tf.config import ModelConfig
 from deeplense_tf.data.augment import augmentation_layers
 from deeplense_tf.models import heads
+from deeplense_tf.models.autoencoders import create_autoencoder
 from deeplense_tf.models.preprocess import preprocessing_block
 from deeplense_tf.models.registry import create_backbone, input_plan
 
@@ -20,13 +21,15 @@ from deeplense_tf.models.registry import create_backbone, input_plan
 def create_model(config: ModelConfig, input_shape: tuple[int, int, int], *, n_classes: int = 0,
                  target_mean: float = 0.0, target_std: float = 1.0, image_size: int | None = None,
                  seed: int | None = None) -> keras.Model:
+    augment = augmentation_layers(seed) if config.augment else []
+    if config.task == "anomaly":
+        return create_autoencoder(config.arch, input_shape, image_size, seed=seed, augment=augment)
     side = image_size or input_shape[0]
     plan = input_plan(config.arch, (side, side, input_shape[-1]), config.weights)
     inputs = keras.Input(input_shape, name="image")
     x = preprocessing_block(inputs, plan.shape[:2], plan.shape[-1], plan.imagenet_scaling)
-    if config.augment:
-        for layer in augmentation_layers(seed):
-            x = layer(x)
+    for layer in augment:
+        x = layer(x)
     backbone = create_backbone(config.arch, plan.shape, weights=config.weights)
     features = backbone(x)
     head = {
