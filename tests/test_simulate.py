@@ -195,3 +195,16 @@ def test_lens_finding_stamps(tmp_path, preset, shape):
     assert all(i.shape == shape and i.dtype == np.float32 for i in images)
     with pytest.raises(ConfigError, match="published"):
         sim.simulate(preset, 1, 0, tmp_path / "p", noise="published")
+
+
+def test_stream_is_endless_balanced_and_worker_independent():
+    from itertools import islice
+
+    from deeplense_tf.data.sim_stream import stream
+
+    one = list(islice(stream("model_ii", 11, workers=1, block=2), 7))
+    two = list(islice(stream("model_ii", 11, workers=2, block=2), 7))
+    assert [c for _, c, _ in one] == [0, 1, 2, 0, 1, 2, 0]
+    for (a, ca, _), (b, cb, _) in zip(one, two):
+        assert ca == cb and np.array_equal(a, b)
+    np.testing.assert_array_equal(one[4][0], sim.simulate_one("model_ii", "cdm", 1, 11)[0])

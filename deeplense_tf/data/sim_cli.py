@@ -14,14 +14,15 @@ from ..errors import UserError
 from .sim_physics import GEOMETRIES, NOISE_MODES, PRESETS
 
 EPILOG = """\
-Output: OUT/<class>/<class>_<index>.npy (float32 (H, W) arrays, not pickled) and
+Output: OUT/<class>/<class>_<index>.npy (float32 (H, W) arrays, (H, W, 4) for
+lens_finding_ground; never pickled) and
 OUT/metadata.csv (one row per image with every sampled parameter: class, axion mass and
 log10 mass, vortex half-length, number and total mass of subhalos, Einstein radius, source
 position/magnitude/size, exposure, seed). Image <index> of a class depends only on
 (--seed, class, index): any --workers and any --shard split give the same images.
 An interrupted run resumes when started again with the same arguments.
 
-Example (a SLURM job array of 8 tasks filling one folder):
+Example (a SLURM job array of 8 tasks, #SBATCH --array=0-7, filling one folder):
   python -m deeplense_tf.data.simulate --preset model_ii --n 30000 --seed 0 \\
       --out /scratch/model_ii --shard $SLURM_ARRAY_TASK_ID/8
 """
@@ -30,7 +31,8 @@ Example (a SLURM job array of 8 tasks filling one folder):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m deeplense_tf.data.simulate",
-        description="Simulate DeepLense strong-lensing images (no_sub / cdm / axion) with lenstronomy.",
+        description="Simulate strong-lensing images with lenstronomy: the DeepLense substructure classes "
+                    "no_sub / cdm / axion (Models I-III) or lens / non_lens stamps (lens finding).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     presets = "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
     ap.add_argument("--preset", required=True, metavar="NAME",
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deeplensesim (default): Einstein radius from luminosity distances (1.28\" for "
                          "1e12 Msun) and, in Models II/III, lenstronomy's z_source_convention 2.5, as "
                          "DeepLenseSim did (rings match the released data). physical: angular-diameter "
-                         "distances (1.66\") defined at the true source redshift 1.0")
+                         "distances (1.66\") defined at the true source redshift 1.0. "
+                         "Lens-finding presets draw their Einstein radii directly and ignore it")
     ap.add_argument("--shard", metavar="K/N", default=None,
                     help="write only the K-th (from 0) of N contiguous index ranges of every class, with "
                          "the same per-image seeds as the full set; all shards may share one --out, the "

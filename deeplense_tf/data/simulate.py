@@ -13,7 +13,8 @@ Ring check (brightness-weighted radius of the mean max-normalised no_sub image, 
 ``shared/acceptance/03-simulator``; n=30, seed 3, lenstronomy 1.14.2, 2026-11-22):
 model_ii 7.48 px with noise "on", "off" and "published" (DeepLenseSim reference sample: 7.50 px);
 model_i 24.99 px "on", 24.99 px "off", 24.98 px "published" (reference: 24.99 px);
-model_iii 9.49 px (no reference). Presets lens_finding / lens_finding_ground: ``sim_lensfinding``.
+model_iii 9.49 px (no reference). Presets lens_finding / lens_finding_ground: ``sim_lensfinding``;
+an endless stream of fresh images for training: ``sim_stream.stream``; the command line: ``sim_cli``.
 """
 
 from __future__ import annotations
