@@ -162,7 +162,7 @@ def evaluate_run(args) -> Path:
 
 
 def summary_line(document: dict) -> str:
-    keys = ("mae", "rmse", "r2", "accuracy", "roc_auc_macro_ovr", "roc_auc", "tpr0", "tpr10", "average_precision",
+    keys = ("mae", "rmse", "r2", "accuracy", "roc_auc_macro_ovr", "auc", "tpr0", "tpr10", "average_precision",
             "auc_vs_all")
     found = {k: document["metrics"][k] for k in keys if isinstance(document["metrics"].get(k), (int, float))}
     return f"{document['task']} on {document['n']} images: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items())

@@ -276,7 +276,7 @@ def tpr_before_false_positives(y_true, score, k: int) -> float | None:
 def lens_finding_metrics(y_true, score) -> dict:
     """Binary lens-finding metrics from labels ``y_true`` (1 = lens) and scores (higher = lens).
 
-    - ``roc_auc`` and ``average_precision`` (scikit-learn); None if a class is absent.
+    - ``auc`` (ROC-AUC) and ``average_precision`` (scikit-learn); None if a class is absent.
     - ``tpr0``: TPR before the first false positive = fraction of lenses scored strictly
       above the highest-scored non-lens. ``tpr10``: fraction of lenses scored strictly
       above the 10th highest-scored non-lens (at most 9 false positives). Ties: a lens
@@ -309,7 +309,7 @@ def lens_finding_metrics(y_true, score) -> dict:
         "n_pos": n_pos,
         "n_neg": n_neg,
         "prevalence": _f(n_pos / n),
-        "roc_auc": _binary_auc(y, s),
+        "auc": _binary_auc(y, s),  # ROC-AUC; named like the anomaly "auc_vs_*" keys
         "average_precision": _f(average_precision_score(y, s)) if n_pos else None,
         "tpr0": tpr_before_false_positives(y, s, 1),
         "tpr10": tpr_before_false_positives(y, s, 10),

@@ -257,7 +257,7 @@ def lens_finding_plots(y_true, score, out_dir) -> list[Path]:
     if both:
         fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
         for ax in axes:
-            ax.plot(fpr, tpr, color=_COLORS[0], lw=1.8, label=f"model: AUC {met['roc_auc']:.4f}")
+            ax.plot(fpr, tpr, color=_COLORS[0], lw=1.8, label=f"model: AUC {met['auc']:.4f}")
         for key, k, col in (("tpr0", 1, _COLORS[3]), ("tpr10", 10, _COLORS[2])):
             v = met[key]
             if v is not None and met["n_neg"] >= k:

@@ -201,23 +201,23 @@ def test_lens_finding_perfect_and_random():
     y = np.array([0] * 50 + [1] * 10)
     score = np.r_[np.linspace(0, 0.4, 50), np.linspace(0.6, 1, 10)]
     m = lens_finding_metrics(y, score)
-    assert m["roc_auc"] == 1.0 and m["average_precision"] == pytest.approx(1.0)
+    assert m["auc"] == 1.0 and m["average_precision"] == pytest.approx(1.0)
     assert m["tpr0"] == 1.0 and m["tpr10"] == 1.0 and m["accuracy"] == 1.0
     assert m["prevalence"] == pytest.approx(10 / 60)
 
     rng = np.random.default_rng(0)
     y = (rng.random(20000) < 0.1).astype(int)
     m = lens_finding_metrics(y, rng.random(20000))
-    assert m["roc_auc"] == pytest.approx(0.5, abs=0.03)
+    assert m["auc"] == pytest.approx(0.5, abs=0.03)
     assert m["average_precision"] == pytest.approx(m["prevalence"], abs=0.02)
     assert m["tpr0"] < 0.01
 
 
 def test_lens_finding_one_class_only():
     m = lens_finding_metrics([0, 0, 0], [0.1, 0.2, 0.3])
-    assert m["roc_auc"] is None and m["tpr0"] is None and m["average_precision"] is None
+    assert m["auc"] is None and m["tpr0"] is None and m["average_precision"] is None
     m = lens_finding_metrics([1, 1], [0.1, 0.9])
-    assert m["roc_auc"] is None and m["tpr0"] == 1.0
+    assert m["auc"] is None and m["tpr0"] == 1.0
     _json_roundtrip(m)
     with pytest.raises(ValueError, match="only 0 and 1"):
         lens_finding_metrics([0, 2], [0.1, 0.2])
@@ -251,7 +251,7 @@ def test_metrics_for_task_dispatch():
     c = metrics_for_task("classification", [0, 1], np.array([[0.9, 0.1], [0.2, 0.8]]))
     assert c["class_names"] == ["class_0", "class_1"] and c["accuracy"] == 1.0
     lf = metrics_for_task("lens_finding", [0, 1], np.array([[0.2], [0.7]]))
-    assert lf["roc_auc"] == 1.0
+    assert lf["auc"] == 1.0
     a = metrics_for_task("anomaly", [0, 1, 2, 0], [0.1, 0.5, 0.9, 0.2], class_names=NAMES)
     assert a["normal_class"] == "no_sub" and a["auc_vs_cdm"] == 1.0
     a = metrics_for_task("anomaly", ["x", "y"], [0.1, 0.5], normal_class="x")
