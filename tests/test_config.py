@@ -49,3 +49,19 @@ def test_unreadable_config_file(tmp_path):
 
 def test_to_dict_is_json():
     assert json.loads(json.dumps(RunConfig().to_dict()))["model"]["arch"] == "efficientnet_b0"
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path):
+    from deeplense_tf.train import build_parser, config_from_args
+
+    replace(RunConfig(), train={"epochs": 7, "lr": 0.01}, model={"arch": "densenet121"}).save(tmp_path / "c.json")
+    args = build_parser().parse_args(["--config", str(tmp_path / "c.json"), "--lr", "0.002", "--fc-units", "16", "8"])
+    config = config_from_args(args)
+    assert (config.train.epochs, config.train.lr, config.model.arch) == (7, 0.002, "densenet121")
+    assert config.model.fc_units == (16, 8)
+
+
+def test_anomaly_defaults_to_an_autoencoder():
+    from deeplense_tf.train import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--task", "anomaly"])).model.arch == "conv_autoencoder"
