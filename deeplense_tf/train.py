@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import signal
 import sys
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_archs:
         return run_cli(lambda: print_archs(args.list_archs))
     prepare_environment()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM stops like Ctrl-C
 
     def job():
         from deeplense_tf.trainer import resume_run, train_run

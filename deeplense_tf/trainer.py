@@ -133,8 +133,13 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
     if initial_epoch >= t.epochs:
         return None
     started = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
-                        callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
+                            callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (train.main turns it into this)
+        done = runs.read_json(state_path)["epochs_done"] if state_path.exists() else 0
+        raise UserError(f"interrupted; {done} complete epoch(s) are saved in {run_dir}. Continue with: "
+                        f"python -m deeplense_tf.train --resume {run_dir}") from None
     nan_guard.raise_if_failed()
     print(f"training took {time.time() - started:.0f} s")
     return history

@@ -12,6 +12,7 @@ import pytest
 
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.models import applications, registry
+from deeplense_tf.models.preprocess import preprocessing_block
 from deeplense_tf.models.registry import (
     ARCHS,
     ArchSpec,
@@ -159,3 +160,14 @@ def test_efficientnet_stem_keeps_standardised_scale():
     stem = keras.Model(model.input, model.get_layer("stem_activation").output)
     # Without the fix the 1/255 input scale leaves this at ~0.01 (below BatchNorm's epsilon).
     assert np.std(np.asarray(stem(tiny_images(2, 32), training=True))) > 0.2
+
+
+def test_model_with_backbone_saves_and_loads(tmp_path):
+    plan = input_plan("efficientnet_b0", (32, 32, 1))
+    inputs = keras.Input((32, 32, 1))
+    features = built("efficientnet_b0")(preprocessing_block(inputs, plan.shape[:2], plan.shape[2]))
+    model = keras.Model(inputs, features)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    x = 100 * tiny_images(2, 32, seed=3)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)

@@ -162,9 +162,10 @@ def create_backbone(
             detail = " ".join(str(exc).split())
             raise UserError(
                 f"could not download the ImageNet weights of {name} ({detail}). Keras caches "
-                "them in ~/.keras/models: copy the file named in that URL there from a "
-                "machine with network access, or pass a local weights file with --weights PATH "
-                "(or train from scratch with --weights none)"
+                "them in ~/.keras/models: copy the file named in that URL there (same name) "
+                "from a machine with network access and run again, or pass a local weights "
+                "file saved from this backbone with --weights PATH, or train from scratch "
+                "with --weights none"
             ) from exc
         raise
     if weights not in (None, "imagenet"):

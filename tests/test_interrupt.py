@@ -1,0 +1,50 @@
+"""A run killed mid-training keeps a loadable checkpoint and resumes to completion."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pandas as pd
+import pytest
+
+from conftest import write_class_folders
+from deeplense_tf import train
+from deeplense_tf.models import build  # noqa: F401  (registers the custom layers for load_model)
+
+
+def _start(tmp_path, epochs):
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    argv = [sys.executable, "-m", "deeplense_tf.train", "--arch", "mobilenet_v3_small", "--task", "classification",
+            "--data", str(data), "--epochs", str(epochs), "--batch-size", "2", "--out", str(tmp_path / "runs")]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _wait_for_epoch(tmp_path, proc, epochs_done, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        states = list((tmp_path / "runs").glob("*/checkpoints/state.json"))
+        if states and json.loads(states[0].read_text())["epochs_done"] >= epochs_done:
+            return states[0].parents[1]
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"no epoch {epochs_done} checkpoint: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes(tmp_path, sig):
+    proc = _start(tmp_path, epochs=3)
+    run = _wait_for_epoch(tmp_path, proc, 1)
+    time.sleep(0.5)  # into the next epoch (or its checkpoint write)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 2 and "--resume" in err, err[-2000:]
+    assert not list(run.rglob(".*.tmp*")), "a temporary file was left behind"
+    keras.models.load_model(run / "checkpoints" / "last.keras")  # never half-written
+    assert train.main(["--resume", str(run)]) == 0
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2]
+    assert (run / "export" / "saved_model").is_dir()
