@@ -1,8 +1,17 @@
-"""``create_dataset``: in-memory arrays -> a batched, prefetched ``tf.data.Dataset``.
+"""``create_dataset``: images (in memory or on disk) -> a shuffled, batched, prefetched ``tf.data.Dataset``.
 
 Images stay raw (as stored on disk): normalisation, resizing and augmentation are layers of
-the model, so they run on the accelerator and travel with the export. The pipeline only
-caches, shuffles (seeded, a new order each epoch), batches and prefetches.
+the model, so they run on the accelerator and travel with the export (``augment=True`` moves
+the augmentation into the pipeline, for comparison). Two readers, chosen by what ``images`` is:
+
+- arrays, memory maps and project shards (``np.ndarray``, ``LazyImages``): the epoch's order
+  is drawn in numpy (seeded, new each epoch; shard by shard for sets on disk), cut into blocks
+  of rows, and each block is gathered with one numpy call and split into batches by
+  ``rebatch``: per-image work in Python is zero, per-block it is one call;
+- one ``.npy`` per image (``NpyFileImages``, all sharing one header): ``read_file`` on a chunk
+  of paths, one ``decode_raw`` for the whole chunk past the header, parallel and ``AUTOTUNE``d.
+
+Measured on the 2-core machine in BENCHMARKS.md ("Input pipeline"): ``python -m pipelines.benchmark``.
 """
 
 from __future__ import annotations
@@ -10,15 +19,213 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from deeplense_tf.data.npy import LazyImages, NpyFileImages, NpyHeader
 
-def create_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
-                   seed: int = 0) -> tf.data.Dataset:
-    """Batches of ``(float32 images (B,H,W,C), labels (B,))``; training shuffles, others keep order."""
-    ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32, copy=False), labels))
-    ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(len(images), 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE)
+AUTOTUNE = tf.data.AUTOTUNE
+BLOCK_BYTES = 2 << 20  # rows per numpy call: 2 MiB (128 rows at 64 px) was fastest of 0.5-32 MiB (BENCHMARKS.md)
+FILE_CHUNK = 64  # files read per map call (one decode_raw for all of them); 64 was fastest of 32-256
+SHARD_WINDOW = 4  # shards mixed together when a set on disk is shuffled shard by shard
+BAD_PIXELS = "NaN/Inf or all-zero pixels in"
+
+
+def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
+                   deterministic: bool = True, cache: bool | str = False, augment: bool = False,
+                   block: int | None = None, check_pixels: bool | None = None) -> tf.data.Dataset:
+    """Batches of ``(float32 images (B,H,W,C), labels (B,))``; training shuffles (seeded), others keep order.
+
+    ``images``: ``np.ndarray`` (N,H,W,C), a memory map, or a ``LazyImages`` view (shards, per-file
+    ``.npy``) from ``load_data``. ``deterministic=False`` lets parallel reads finish out of order
+    (faster when files arrive unevenly). ``cache``: keep decoded per-file images in memory (True)
+    or in a file (a path) after the first epoch. ``augment``: random flips / 90-degree rotations
+    in the pipeline instead of the model. ``check_pixels``: stop with the file's name on NaN/Inf
+    pixels (default: when the set was only validated quickly).
+    """
+    labels = np.asarray(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if isinstance(images, NpyFileImages):
+        check = not images.pixels_checked if check_pixels is None else check_pixels
+        ds = file_dataset(images, labels, batch_size, training, seed, deterministic=deterministic, cache=cache,
+                          check_pixels=check)
+    else:
+        ds = block_dataset(images, labels, batch_size, training, seed, deterministic=deterministic, block=block,
+                           check_pixels=bool(check_pixels))
+    if augment:
+        ds = ds.map(augmenter(seed), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    options.deterministic = deterministic
+    options.threading.max_intra_op_parallelism = 1  # leave the cores' thread pool to the model's ops
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays, memory maps, shards: blocks of rows gathered by numpy
+
+def block_dataset(images, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
+                  deterministic: bool = True, block: int | None = None, check_pixels: bool = False) -> tf.data.Dataset:
+    """Rows in an order drawn per epoch, read ``block`` rows per numpy call, re-cut into batches."""
+    n = len(images)
+    image_shape = tuple(int(d) for d in images.shape[1:])
+    block = block or _block_rows(image_shape, batch_size)
+    shards = _shard_ids(images)
+    label_dtype = tf.as_dtype(labels.dtype)
+
+    def order(epoch_seed):
+        if training:
+            blocks = epoch_order(n, int(epoch_seed), shards, block=block)
+        else:
+            blocks = [np.arange(i, min(i + block, n), dtype=np.int64) for i in range(0, n, block)]
+        return np.concatenate(blocks), np.array([len(b) for b in blocks], np.int64)
+
+    def gather(rows):
+        x = images.read(rows) if isinstance(images, LazyImages) else _take(images, rows)
+        if check_pixels:
+            _raise_on_bad_pixels(x, rows, images)
+        return x, labels[rows]
+
+    def blocks(epoch_seed):
+        rows, lengths = tf.numpy_function(order, [epoch_seed], (tf.int64, tf.int64), stateful=False)
+        rows.set_shape((None,))
+        lengths.set_shape((None,))
+        return tf.data.Dataset.from_tensor_slices(tf.RaggedTensor.from_row_lengths(rows, lengths))
+
+    # A new seed each epoch (each iteration), reproducible from ``seed``.
+    ds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(blocks)
+    ds = ds.map(lambda rows: _with_shapes(tf.numpy_function(gather, [rows], (tf.float32, label_dtype)),
+                                          image_shape, labels.shape[1:]),
+                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.rebatch(batch_size)
+
+
+def epoch_order(n: int, seed: int, shards: np.ndarray | None = None, window: int = SHARD_WINDOW,
+                block: int | None = None) -> list[np.ndarray]:
+    """One epoch's rows as blocks: a permutation cut into ``block``-row blocks; for sets on disk,
+    shard-local blocks (each from one shard, shards taken ``window`` at a time in random order).
+
+    A block from one shard is one fancy-index of one memory map (a single copy), and a set larger
+    than memory is read a few shards at a time. Rows were shuffled across shards when packing, so
+    a batch drawn from one shard is still a random sample of the set.
+    """
+    rng = np.random.default_rng(seed & 0x7FFFFFFFFFFFFFFF)
+    block = block or n
+    if shards is None:
+        order = rng.permutation(n).astype(np.int64)
+        return [order[i:i + block] for i in range(0, n, block)]
+    ids = np.unique(shards)
+    rng.shuffle(ids)
+    blocks: list[np.ndarray] = []
+    for start in range(0, len(ids), window):
+        pieces = []
+        for k in ids[start:start + window]:
+            rows = rng.permutation(np.flatnonzero(shards == k)).astype(np.int64)
+            pieces += [rows[i:i + block] for i in range(0, len(rows), block)]
+        blocks += [pieces[i] for i in rng.permutation(len(pieces))]
+    return blocks
+
+
+def _shard_ids(images) -> np.ndarray | None:
+    """Shard of each row for sets that live on disk in shards, else None (a global shuffle)."""
+    if isinstance(images, LazyImages) and hasattr(images, "shard_of"):
+        return images.shard_of(images.rows)
+    return None
+
+
+def _take(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+        return np.asarray(images[rows[0]:rows[-1] + 1], np.float32)  # in order: one slice
+    return np.asarray(images.take(rows, axis=0) if type(images) is np.ndarray else images[rows], np.float32)
+
+
+def _block_rows(image_shape: tuple[int, ...], batch_size: int) -> int:
+    rows = max(1, BLOCK_BYTES // (4 * int(np.prod(image_shape))))
+    return max(1, rows // batch_size) * batch_size
+
+
+def _with_shapes(pair, image_shape, label_shape):
+    x, y = pair
+    x.set_shape((None, *image_shape))
+    y.set_shape((None, *label_shape))
+    return x, y
+
+
+def _raise_on_bad_pixels(x: np.ndarray, rows: np.ndarray, images) -> None:
+    ok = np.isfinite(x).all(axis=(1, 2, 3)) & x.any(axis=(1, 2, 3))
+    if not ok.all():
+        from deeplense_tf.errors import DataError
+
+        raise DataError(f"{BAD_PIXELS} rows {rows[~ok][:20].tolist()} of the data set")
+
+
+# ---------------------------------------------------------------------------------------------
+# One .npy per image: read_file + decode_raw
+
+def file_dataset(images: NpyFileImages, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
+                 deterministic: bool = True, cache: bool | str = False, check_pixels: bool = False,
+                 chunk: int = FILE_CHUNK) -> tf.data.Dataset:
+    """Paths shuffled per epoch (or decoded once and cached, then shuffled in memory), read in chunks."""
+    paths = images.view_paths
+    header = images.header
+    n = len(paths)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if training and not cache:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(chunk)
+    ds = ds.map(lambda p, y: (read_npy_files(p, header, check_pixels), y), num_parallel_calls=AUTOTUNE,
+                deterministic=deterministic if not cache else True)
+    if not cache:
+        return ds.rebatch(batch_size)
+    ds = ds.cache("" if cache is True else str(cache))
+    if not training:
+        return ds.rebatch(batch_size)
+    buffer = min(n, max(1024, (256 << 20) // (4 * int(np.prod(header.image_shape)))))
+    return ds.unbatch().shuffle(buffer, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+
+
+def read_npy_files(paths: tf.Tensor, header: NpyHeader, check_pixels: bool = False) -> tf.Tensor:
+    """A vector of ``.npy`` paths sharing ``header`` -> float32 (n, H, W, C), one ``decode_raw`` for all."""
+    raw = tf.map_fn(tf.io.read_file, paths, fn_output_signature=tf.string, parallel_iterations=2)
+    x = decode_npy(raw, header)
+    if check_pixels:
+        ok = tf.reduce_all(tf.math.is_finite(x), axis=[1, 2, 3]) & tf.reduce_any(x != 0, axis=[1, 2, 3])
+        check = tf.debugging.Assert(tf.reduce_all(ok), [BAD_PIXELS, tf.boolean_mask(paths, ~ok)], summarize=20)
+        with tf.control_dependencies([check]):
+            x = tf.identity(x)
+    return x
+
+
+def decode_npy(raw: tf.Tensor, header: NpyHeader) -> tf.Tensor:
+    """Whole-file bytes (n,) -> float32 (n, H, W, C): skip the header, reshape, move channels last."""
+    dtype = np.dtype(header.dtype)
+    itemsize = dtype.itemsize
+    count = int(np.prod(header.shape))
+    if header.offset % itemsize:
+        raw = tf.strings.substr(raw, header.offset, count * itemsize)
+        start = 0
+    else:
+        start = header.offset // itemsize
+    values = tf.io.decode_raw(raw, tf.as_dtype(dtype.newbyteorder("=")), little_endian=dtype.byteorder != ">")
+    h, w, c = header.image_shape
+    if header.layout in ("flat", "flat+label"):
+        x = tf.reshape(values[:, start:start + h * w], (-1, h, w, 1))
+    elif header.layout == "chw":
+        x = tf.transpose(tf.reshape(values[:, start:start + count], (-1, c, h, w)), (0, 2, 3, 1))
+    else:
+        x = tf.reshape(values[:, start:start + count], (-1, h, w, c))
+    return tf.cast(x, tf.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation in the pipeline (for comparison with the model's own augmentation layers)
+
+def augmenter(seed: int | None = None):
+    """The model's augmentation layers applied to a batch inside ``Dataset.map`` (always training)."""
+    from deeplense_tf.data.augment import augmentation_layers
+
+    layers = augmentation_layers(seed)
+
+    def apply(x, y):
+        for layer in layers:
+            x = layer(x, training=True)
+        return x, y
+
+    return apply

@@ -1,29 +1,41 @@
-"""Readers for the on-disk layouts: each turns a path into a validated ``DataIndex``.
+"""Readers for the on-disk layouts: ``load_data(spec)`` detects the layout and returns a validated ``DataIndex``.
 
-``load_data(spec)`` detects the layout:
+| layout | detected by | reader |
+|---|---|---|
+| ``sim:<preset>`` | the prefix | built-in simulator, generated once and cached, then class folders |
+| project shards | ``pack.json`` (written by ``python -m deeplense_tf.data.pack``) | ``pack.read_shards`` |
+| packed arrays | ``images.npy`` (+ ``labels.npy``), or one ``.npz`` / ``.npy`` file | ``readers_npy.read_packed`` |
+| HDF5 catalogue | an ``.h5`` / ``.hdf5`` file, or a folder holding exactly one | ``readers_astro.read_hdf5`` |
+| FITS cut-outs | ``Band<k>/`` folders (+ ``classifications.csv``) | ``readers_astro.read_fits_bands`` |
+| train/test folders | ``train/`` and ``test/`` (or ``val/``) sub-folders | class folders per split, ``split`` column |
+| class folders | ``ROOT/<class>/*.npy`` (+ optional ``metadata.csv``) | ``readers_npy.read_class_folders`` |
 
-- ``sim:<preset>``: the built-in lenstronomy simulator, generated once and cached;
-- DeepLense class folders ``ROOT/<class>/*.npy`` (+ optional ``metadata.csv`` with a ``file`` column);
-- packed arrays: ``ROOT/images.npy`` (+ ``labels.npy``), or one ``.npz`` / ``.npy`` file.
-
-Every file is read and checked (in parallel threads) before training starts, and all
-problems are reported at once, grouped by kind and naming the files, so a broken set fails
-in seconds instead of mid-epoch.
+Several paths (a list, or one comma-separated string) are read one by one and joined.
+Every file is checked before training starts (``validate="full"``: header, shape, finite and
+non-zero pixels, duplicates, in parallel threads; ``"quick"``: headers and sizes only, pixels are
+then checked in the pipeline) and all problems are reported at once, grouped by kind and naming
+the files, so a broken set fails in seconds instead of mid-epoch. ``skip_bad=True`` drops the
+bad files instead and lists them in ``DataIndex.skipped``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from deeplense_tf.data.npy import NON_FINITE, PICKLED, BadFile, read_npy, to_hwc
+from deeplense_tf.data.npy import PICKLED, BadFile, LazyImages
 from deeplense_tf.errors import DataError
+
+log = logging.getLogger("deeplense_tf.data")
 
 SHOW_PER_PROBLEM = 20
 PICKLE_ADVICE = ("unpickling runs code from the file, so it is off by default: pass --allow-pickle if you trust "
@@ -31,170 +43,300 @@ PICKLE_ADVICE = ("unpickling runs code from the file, so it is off by default: p
                  "and keep the label in metadata.csv)")
 LABEL_KEYS = ("labels", "label", "y")
 IMAGE_KEYS = ("images", "x", "X", "image")
+VALIDATE = ("full", "quick")
+SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
+DUPLICATE = "duplicated image"
+NON_FINITE_LABEL = "non-finite label"
+# Sets larger than this share of physical memory stay on disk (streamed) unless ``stream`` says otherwise.
+RESIDENT_SHARE = 0.25
 
 
 @dataclass
 class DataIndex:
-    """Images in memory plus one table row per image (``file``, ``class``, numeric label columns)."""
+    """Images plus one table row per image (``file``, ``class``, numeric label columns, maybe ``split``).
 
-    images: np.ndarray  # float32 (N, H, W, C)
+    ``images`` is a float32 ``(N, H, W, C)`` array in memory, or a ``LazyImages`` view that reads
+    from disk (memory-mapped shards, per-file ``.npy``) for sets larger than memory; both index
+    alike (``images[rows]``) and ``pipeline.create_dataset`` accepts both. ``skipped`` lists
+    ``(file, problem)`` for every file dropped by ``skip_bad``.
+    """
+
+    images: np.ndarray | LazyImages
     table: pd.DataFrame
     root: str
     layout: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """Counts per class, per split and the image shape: what a scan reports before training."""
+        n, shape = len(self.table), tuple(self.images.shape[1:])
+        parts = [f"{n} images of shape {shape} ({self.layout}, {'on disk' if self.streamed else 'in memory'})"]
+        for column in ("split", "class"):
+            if column in self.table:
+                counts = self.table[column].astype(str).value_counts().sort_index()
+                parts.append(f"{column}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if self.skipped:
+            parts.append(f"skipped {len(self.skipped)} bad file(s)")
+        return "; ".join(parts)
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, LazyImages)
 
 
-def load_data(spec: str, *, samples: int = 600, seed: int = 42, allow_pickle: bool = False,
-              workers: int | None = None) -> DataIndex:
+def load_data(spec: str | Sequence[str], *, samples: int = 600, seed: int = 42, allow_pickle: bool = False,
+              workers: int | None = None, validate: str = "full", skip_bad: bool = False,
+              label_column: str | None = None, classes: Sequence[str] | None = None,
+              stream: bool | None = None) -> DataIndex:
+    """Read, check and index ``spec``: a path, ``sim:<preset>``, or several of them (a list or "a,b").
+
+    ``validate``: "full" reads every pixel, "quick" only headers (pixels are checked in the pipeline).
+    ``skip_bad``: drop bad files (listed in ``DataIndex.skipped``) instead of stopping.
+    ``label_column``: for catalogues (HDF5, FITS CSV, packed arrays), the column holding the labels;
+    0/1 values become ``is_lens``, other values ``class``.
+    ``classes``: the class folder names expected; any other folder is an error.
+    ``stream``: keep images on disk (True), in memory (False) or decide by size (None).
+    """
+    if validate not in VALIDATE:
+        raise DataError(f"validate={validate!r}; expected one of {VALIDATE}")
+    options = dict(samples=samples, seed=seed, allow_pickle=allow_pickle, workers=workers, validate=validate,
+                   skip_bad=skip_bad, label_column=label_column, classes=classes, stream=stream)
+    specs = split_spec(spec)
+    if len(specs) == 1:
+        return _load_one(specs[0], **options)
+    return join_indexes([_load_one(s, **options) for s in specs], skip_bad=skip_bad)
+
+
+def split_spec(spec: str | Sequence[str]) -> list[str]:
+    """A list, or a comma-separated string (unless that string is itself an existing path)."""
+    if isinstance(spec, (str, os.PathLike)):
+        spec = str(spec)
+        specs = [spec] if "," not in spec or Path(spec).expanduser().exists() else spec.split(",")
+    else:
+        specs = [str(s) for s in spec]
+    specs = [s.strip() for s in specs if s.strip()]
+    if not specs:
+        raise DataError("--data is empty: give a path or sim:<preset>")
+    return specs
+
+
+def _load_one(spec: str, **options) -> DataIndex:
+    from deeplense_tf.data import readers_astro, readers_npy
+    from deeplense_tf.data.pack import MANIFEST, read_shards
+
     if spec.startswith("sim:"):
         from deeplense_tf.data.simulate import cached_simulation
 
-        root = cached_simulation(spec[4:], samples, seed, workers=workers)
-        return read_class_folders(Path(root), allow_pickle=False, workers=workers)
+        root = cached_simulation(spec[4:], options["samples"], options["seed"], workers=options["workers"])
+        return readers_npy.read_class_folders(Path(root), **{**options, "allow_pickle": False})
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder (or use sim:<preset> for simulated data)")
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return read_shards(path, **options)
+    if path.suffix.lower() in readers_astro.HDF5_SUFFIXES or (path.is_dir() and readers_astro.find_hdf5(path)):
+        return readers_astro.read_hdf5(path, **options)
     if path.is_file() or (path / "images.npy").is_file():
-        return read_packed(path)
-    return read_class_folders(path, allow_pickle=allow_pickle, workers=workers)
+        return readers_npy.read_packed(path, **options)
+    if readers_astro.is_fits_layout(path):
+        return readers_astro.read_fits_bands(path, **options)
+    splits = split_folders(path)
+    if splits:
+        return join_indexes([_load_one(str(folder), **options) for folder in splits.values()],
+                            root=path, splits=list(splits), skip_bad=options["skip_bad"])
+    return readers_npy.read_class_folders(path, **options)
 
 
-def read_class_folders(root: Path, allow_pickle: bool = False, workers: int | None = None) -> DataIndex:
-    """``root/<class>/*.npy``; class = folder name; per-file labels become ``axion_mass_ev`` / ``label``."""
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = {f: sorted(f.glob("*.npy")) for f in folders}
-    if not any(files.values()):
-        raise DataError(f"{root} holds no images: expected class folders of .npy files (ROOT/<class>/*.npy), "
-                        "images.npy (+ labels.npy) or an .npz file")
-    empty = [f.name for f, found in files.items() if not found]
-    if empty:
-        raise DataError(f"{root}: class folder(s) without .npy files: {', '.join(empty)}")
-    paths = [p for found in files.values() for p in found]
+def split_folders(root: Path) -> dict[str, Path]:
+    """``train/`` + ``test/`` (or ``val/``) folders, each any readable layout; {} otherwise."""
+    found = {SPLIT_NAMES[p.name.lower()]: p for p in sorted(root.iterdir())
+             if p.is_dir() and p.name.lower() in SPLIT_NAMES}
+    if "train" not in found or len(found) < 2:
+        return {}
+    return {name: found[name] for name in ("train", "val", "test") if name in found}
+
+
+def join_indexes(indexes: list[DataIndex], root: Path | None = None, splits: list[str] | None = None,
+                 skip_bad: bool = False) -> DataIndex:
+    """Concatenate indexes; ``file`` becomes relative to the common parent so rows stay unique.
+
+    With ``splits`` (one name per index) a ``split`` column records where each row came from.
+    Images in memory are compared across the parts: the same image in train and test (or in
+    two joined folders) is an error, or with ``skip_bad`` its later copies are dropped.
+    """
+    shapes = Counter(tuple(ix.images.shape[1:]) for ix in indexes)
+    if len(shapes) > 1:
+        where = "; ".join(f"{ix.root}: {tuple(ix.images.shape[1:])}" for ix in indexes)
+        raise DataError(f"the data sets to join have different image shapes ({where}); resize or keep them apart")
+    roots = [Path(ix.root) for ix in indexes]
+    base = Path(root) if root else Path(os.path.commonpath([r if r.is_dir() else r.parent for r in roots]))
+    tables = []
+    for i, ix in enumerate(indexes):
+        table = ix.table.copy()
+        prefix = Path(ix.root).relative_to(base) if Path(ix.root).is_relative_to(base) else Path(ix.root)
+        if Path(ix.root).is_dir() and str(prefix) != ".":
+            table["file"] = [str(prefix / f) for f in table["file"]]
+        if splits:
+            table["split"] = splits[i]
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    repeated = table["file"][table["file"].duplicated()].tolist()
+    if repeated:
+        raise DataError(f"the same file is listed more than once ({len(repeated)} file(s), e.g. "
+                        f"{', '.join(repeated[:5])}): a folder is given twice in --data?")
+    skipped = [s for ix in indexes for s in ix.skipped]
+    name = str(root) if root else ",".join(ix.root for ix in indexes)
+    if any(isinstance(ix.images, LazyImages) for ix in indexes):
+        from deeplense_tf.data.pack import ConcatImages
+
+        images = ConcatImages([ix.images for ix in indexes])
+    else:
+        images = np.concatenate([ix.images for ix in indexes])
+        names = table["file"].tolist()
+        part = np.repeat(np.arange(len(indexes)), [len(ix.table) for ix in indexes])
+        seen: dict[bytes, int] = {}
+        repeats = []
+        for i, image in enumerate(images):  # each part was checked on its own; compare across parts
+            first = seen.setdefault(_digest(image), i)
+            if first != i and part[first] != part[i]:
+                repeats.append((i, f"same pixels as {names[first]}"))
+        skipped += raise_or_skip(name, names, {DUPLICATE: repeats}, skip_bad)
+        if repeats:
+            keep = np.setdiff1d(np.arange(len(table)), [i for i, _ in repeats])
+            images, table = images[keep], table.iloc[keep].reset_index(drop=True)
+    layout = "+".join(sorted({ix.layout for ix in indexes}))
+    return DataIndex(images, table, name, layout, skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking many items (files, objects) at once: every reader goes through ``check_items``.
+
+@dataclass
+class Checked:
+    """What survived the checks: positions into the item list, their images (or None) and labels."""
+
+    keep: list[int]
+    images: list[np.ndarray | None]
+    labels: list[float | None]
+    skipped: list[tuple[str, str]]
+    shape: tuple[int, ...] | None
+
+
+def check_items(root: Path | str, names: list[str], read: Callable[[int], tuple[np.ndarray, float | None]], *,
+                workers: int | None = None, skip_bad: bool = False, duplicates: bool = True,
+                keep_images: bool = True) -> Checked:
+    """Run ``read(i)`` for every item in threads; collect every problem; raise one ``DataError`` or skip.
+
+    ``read`` returns ``(float32 HWC image, label or None)`` or raises ``BadFile``. Images whose
+    shape differs from the most common one, non-finite labels and (with ``duplicates``) images
+    identical to an earlier one are bad too. ``keep_images=False`` checks every pixel but keeps
+    none in memory (for sets that will be streamed).
+    """
+    def one(i):
+        try:
+            image, label = read(i)
+        except BadFile as err:
+            return err
+        return image.shape, _digest(image) if duplicates else None, label, image if keep_images else None
+
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        results = list(pool.map(lambda p: _try_read(p, allow_pickle), paths))
-    good, bad = _check_shapes(root, paths, results)
-    if bad:
-        raise DataError(_bad_files_message(root, bad, len(paths)))
-    table = pd.DataFrame({
-        "file": [str(paths[i].relative_to(root)) for i in good],
-        "class": [paths[i].parent.name for i in good],
-    })
-    labels = [results[i].label for i in good]
-    if any(label is not None for label in labels):
-        column = "axion_mass_ev" if all(l is None or 0 < l < 1e-10 for l in labels) else "label"
-        table[column] = [np.nan if l is None else l for l in labels]
-    table = _join_metadata(root, table)
-    images = np.stack([results[i].image for i in good])
-    return DataIndex(images, table, str(root), "class_folders")
-
-
-def _try_read(path: Path, allow_pickle: bool):
-    try:
-        return read_npy(path, allow_pickle)
-    except BadFile as err:
-        return err
-
-
-def _check_shapes(root: Path, paths: list[Path], results: list) -> tuple[list[int], dict[str, list[str]]]:
-    """Files with a shape other than the most common one are bad too."""
-    bad: dict[str, list[str]] = defaultdict(list)
-    shapes = Counter(r.image.shape for r in results if not isinstance(r, BadFile))
+        results = list(pool.map(one, range(len(names))))
+    bad: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    shapes = Counter(r[0] for r in results if not isinstance(r, BadFile))
     expected = shapes.most_common(1)[0][0] if shapes else None
-    good = []
-    for i, (path, result) in enumerate(zip(paths, results)):
-        name = str(path.relative_to(root))
+    seen: dict[bytes, int] = {}
+    for i, result in enumerate(results):
         if isinstance(result, BadFile):
-            bad[result.kind].append(f"{name} ({result.detail})" if result.detail else name)
-        elif result.image.shape != expected:
-            bad["wrong shape"].append(f"{name} has shape {result.image.shape[:2]}, expected {expected[:2]}")
-        else:
-            good.append(i)
-    return good, bad
+            bad[result.kind].append((i, result.detail))
+        elif result[0] != expected:
+            bad["wrong shape"].append((i, f"has shape {result[0]}, expected {expected}"))
+        elif result[2] is not None and not np.isfinite(result[2]):
+            bad[NON_FINITE_LABEL].append((i, f"label {result[2]}"))
+        elif duplicates and result[1] in seen:
+            bad[DUPLICATE].append((i, f"same pixels as {names[seen[result[1]]]}"))
+        elif duplicates:
+            seen[result[1]] = i
+    skipped = raise_or_skip(root, names, bad, skip_bad, shapes)
+    dropped = {i for items in bad.values() for i, _ in items}
+    keep = [i for i in range(len(names)) if i not in dropped]
+    return Checked(keep, [results[i][3] for i in keep], [results[i][2] for i in keep], skipped, expected)
 
 
-def _bad_files_message(root: Path, bad: dict[str, list[str]], total: int) -> str:
-    count = sum(len(v) for v in bad.values())
-    lines = [f"{count} of {total} files in {root} cannot be used:"]
-    for kind, names in sorted(bad.items(), key=lambda kv: kv[0] != PICKLED):
+def _digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+
+
+def raise_or_skip(root: Path | str, names: list[str], bad: dict[str, list[tuple[int, str]]], skip_bad: bool,
+                  shapes: Counter | None = None) -> list[tuple[str, str]]:
+    """One ``DataError`` naming the bad items, or (``skip_bad``) their list, each logged.
+
+    Pickled files are never skipped silently: they need ``--allow-pickle``, not dropping.
+    """
+    if not any(bad.values()):
+        return []
+    if not skip_bad or bad.get(PICKLED):
+        raise DataError(bad_files_message(root, names, bad, shapes))
+    skipped = []
+    for kind, items in bad.items():
+        for i, detail in items:
+            problem = f"{kind} ({detail})" if detail else kind
+            log.warning("skipping %s: %s", names[i], problem)
+            skipped.append((names[i], problem))
+    return skipped
+
+
+def bad_files_message(root: Path | str, names: list[str], bad: dict[str, list[tuple[int, str]]],
+                      shapes: Counter | None = None) -> str:
+    """Counts per problem and the first ``SHOW_PER_PROBLEM`` files of each, plus what to do."""
+    count = len({i for items in bad.values() for i, _ in items})
+    lines = [f"{count} of {len(names)} files in {root} cannot be used:"]
+    for kind, items in sorted(bad.items(), key=lambda kv: kv[0] != PICKLED):
         advice = f"; {PICKLE_ADVICE}" if kind == PICKLED else ""
-        shown = ", ".join(names[:SHOW_PER_PROBLEM])
-        more = f" ... and {len(names) - SHOW_PER_PROBLEM} more" if len(names) > SHOW_PER_PROBLEM else ""
-        lines.append(f"  {kind} ({len(names)} file{'s' * (len(names) != 1)}{advice}): {shown}{more}")
+        shown = ", ".join(f"{names[i]} ({d})" if d else names[i] for i, d in items[:SHOW_PER_PROBLEM])
+        more = f" ... and {len(items) - SHOW_PER_PROBLEM} more" if len(items) > SHOW_PER_PROBLEM else ""
+        lines.append(f"  {kind} ({len(items)} file{'s' * (len(items) != 1)}{advice}): {shown}{more}")
+    if shapes and len(shapes) > 1:
+        lines.append("  shapes found: " + ", ".join(f"{s} x {n}" for s, n in shapes.most_common()))
+    if PICKLED not in bad:
+        lines.append("  fix or remove these files, or pass --skip-bad to train without them")
     return "\n".join(lines)
 
 
-def _join_metadata(root: Path, table: pd.DataFrame) -> pd.DataFrame:
-    """Add the columns of ``root/metadata.csv`` (the simulator writes one) by file name."""
-    meta_path = root / "metadata.csv"
-    if not meta_path.is_file():
+def label_table(table: pd.DataFrame, label_column: str | None, where: str) -> pd.DataFrame:
+    """Check ``label_column`` and expose it as ``is_lens`` (0/1 values) or ``class`` (anything else)."""
+    if label_column is None:
         return table
-    meta = pd.read_csv(meta_path)
-    if "file" not in meta.columns:
-        raise DataError(f"{meta_path} has no 'file' column to match rows to images")
-    missing = table.loc[~table["file"].isin(meta["file"]), "file"].tolist()
-    if missing:
-        raise DataError(f"{meta_path} has no row for {len(missing)} image(s), e.g. {', '.join(missing[:5])}")
-    meta = meta.drop(columns=[c for c in meta.columns if c in table.columns and c != "file"])
-    return table.merge(meta, on="file", how="left")
+    if label_column not in table.columns:
+        raise DataError(f"{where}: no label column '{label_column}'. Columns: {sorted(map(str, table.columns))}")
+    values = table[label_column]
+    numeric = pd.to_numeric(values, errors="coerce")
+    if values.dtype.kind in "fiub" and not np.isfinite(numeric).all():
+        bad = np.flatnonzero(~np.isfinite(numeric.to_numpy(np.float64)))
+        raise DataError(f"{where}: '{label_column}' is not finite in {len(bad)} row(s), e.g. rows "
+                        f"{bad[:SHOW_PER_PROBLEM].tolist()}")
+    table = table.copy()
+    if values.dtype.kind in "fiub" and set(np.unique(numeric)) <= {0, 1}:
+        table["is_lens"] = numeric.astype(np.int32)
+    else:
+        table["class"] = values.astype(str)
+    return table
 
 
-def read_packed(path: Path) -> DataIndex:
-    """``images.npy`` (+ ``labels.npy``) in a folder, or one ``.npz`` with images and label columns."""
-    arrays = _packed_arrays(path)
-    image_key = next((k for k in IMAGE_KEYS if k in arrays), None)
-    if image_key is None:
-        raise DataError(f"{path}: no images array; expected one of {IMAGE_KEYS}. Found: {sorted(arrays)}")
-    images = _packed_images(path, arrays.pop(image_key))
-    table = pd.DataFrame({"file": [f"{path.name}[{i}]" for i in range(len(images))]})
-    for key, values in arrays.items():
-        values = np.asarray(values)
-        if values.ndim == 2 and values.shape[1] == 1:
-            values = values[:, 0]
-        if values.ndim != 1:
-            continue
-        if len(values) != len(images):
-            raise DataError(f"{path}: '{key}' has {len(values)} entries but there are {len(images)} images")
-        column = "class" if key in LABEL_KEYS and values.dtype.kind in "iuUSOb" else key
-        table[column] = values.astype(str) if column == "class" else values
-    return DataIndex(images, table, str(path), "packed")
-
-
-def _packed_arrays(path: Path) -> dict[str, np.ndarray]:
+def keep_resident(nbytes: int, stream: bool | None) -> bool:
+    """In memory unless asked to stream, or (``stream=None``) larger than ``RESIDENT_SHARE`` of RAM."""
+    if stream is not None:
+        return not stream
     try:
-        if path.is_dir():
-            arrays = {"images": np.load(path / "images.npy", mmap_mode="r")}
-            if (path / "labels.npy").is_file():
-                arrays["labels"] = np.load(path / "labels.npy")
-            return arrays
-        if path.suffix == ".npz":
-            with np.load(path) as npz:
-                return {k: npz[k] for k in npz.files}
-        if path.suffix == ".npy":
-            arrays = {"images": np.load(path, mmap_mode="r")}
-            labels = path.with_name("labels.npy")
-            if labels.is_file() and labels != path:
-                arrays["labels"] = np.load(labels)
-            return arrays
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise DataError(f"{path}: {PICKLED}; {PICKLE_ADVICE}") from None
-        raise DataError(f"{path}: {err}") from None
-    except Exception as err:
-        raise DataError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
-    raise DataError(f"{path}: not a data file; expected a folder, an .npz or an .npy file")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return nbytes <= RESIDENT_SHARE * total
 
 
-def _packed_images(path: Path, raw: np.ndarray) -> np.ndarray:
-    if raw.ndim == 3:
-        raw = raw[..., None]
-    if raw.ndim != 4:
-        raise DataError(f"{path}: images of shape {raw.shape}; expected (N,H,W), (N,C,H,W) or (N,H,W,C)")
-    try:
-        images = np.stack([to_hwc(img) for img in raw]) if raw.shape[-1] not in (1, 3, 4) else np.asarray(raw, np.float32)
-    except BadFile as err:
-        raise DataError(f"{path}: {err}") from None
-    finite = np.isfinite(images).all(axis=(1, 2, 3))
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise DataError(f"{path}: {NON_FINITE} in {len(bad)} image(s), indices {bad[:SHOW_PER_PROBLEM].tolist()}")
-    return images
-
+def finite_rows(images: np.ndarray | LazyImages, chunk: int = 4096) -> np.ndarray:
+    """Indices of images holding NaN/Inf, read chunk by chunk (works on memory maps larger than RAM)."""
+    bad = []
+    for start in range(0, len(images), chunk):
+        block = np.asarray(images[start:start + chunk])
+        bad.extend((start + np.flatnonzero(~np.isfinite(block).all(axis=(1, 2, 3)))).tolist())
+    return np.asarray(bad, np.int64)

@@ -60,6 +60,9 @@ class InputPlan:
 
 
 ARCHS: dict[str, ArchSpec] = {}
+# Composite names "prefix:..." (e.g. fusion:a+b, see fusion.py) are resolved by a function
+# of the whole name instead of being registered one combination at a time.
+RESOLVERS: dict[str, Callable[[str], ArchSpec]] = {}
 
 
 def register_arch(spec: ArchSpec) -> ArchSpec:
@@ -69,7 +72,16 @@ def register_arch(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
+def register_resolver(prefix: str, resolve: Callable[[str], ArchSpec]) -> None:
+    if prefix in RESOLVERS:
+        raise ValueError(f"architecture prefix {prefix!r} is already registered")
+    RESOLVERS[prefix] = resolve
+
+
 def get_arch(name: str) -> ArchSpec:
+    prefix, colon, _ = str(name).partition(":")
+    if colon and prefix in RESOLVERS:
+        return RESOLVERS[prefix](name)
     try:
         return ARCHS[name]
     except KeyError:
@@ -188,7 +200,9 @@ def _load_weights_file(model: keras.Model, path: str, name: str) -> None:
 # Importing these modules registers their architectures; a new module is added here.
 BUILTIN_MODULES = (
     "deeplense_tf.models.applications",
+    "deeplense_tf.models.convnets",
     "deeplense_tf.models.transformers",
+    "deeplense_tf.models.fusion",
 )
 for _module in BUILTIN_MODULES:
     if importlib.util.find_spec(_module) is not None:
