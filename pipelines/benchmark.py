@@ -11,8 +11,9 @@ loop can pull. Repeats are interleaved and the median is reported (shared machin
 | row | what |
 |---|---|
 | naive | a Python loop: ``np.load`` each file, ``np.stack`` each batch |
-| per_file | ``create_dataset`` over per-file ``.npy``: ``read_file`` + one ``decode_raw`` per chunk |
-| per_file_cached | the same, decoded once and cached in memory (epochs after the first) |
+| per_file | ``create_dataset`` over per-file ``.npy`` (default reader: blocks of files, one ``pread`` each) |
+| per_file_tf | the same with ``file_reader="tf"``: ``read_file`` + one ``decode_raw`` per chunk of files |
+| per_file_cached | the tf reader, decoded once and cached in memory (epochs after the first) |
 | packed | ``create_dataset`` over one array in memory |
 | shards | ``create_dataset`` over ``pack``'s memory-mapped ``.npy`` shards (not loaded into memory) |
 | tfrecord | the alternative format: one record per image, batched ``decode_raw`` (for the format choice) |
@@ -141,6 +142,7 @@ def pipeline_rates(work: Path, n: int, size: int, batch_size: int, repeats: int,
     epochs = max(1, -(-epoch_images // n))  # enough back-to-back epochs that start-up costs are amortised
     sets = {
         "per_file": create_dataset(per_file.images, labels, batch_size, True, deterministic=False),
+        "per_file_tf": create_dataset(per_file.images, labels, batch_size, True, deterministic=False, file_reader="tf"),
         "packed": create_dataset(resident.images, labels, batch_size, True, deterministic=False),
         "shards": create_dataset(shards.images, shard_labels, batch_size, True, deterministic=False),
         "packed_augment": create_dataset(resident.images, labels, batch_size, True, deterministic=False, augment=True),
@@ -148,6 +150,7 @@ def pipeline_rates(work: Path, n: int, size: int, batch_size: int, repeats: int,
     runs = {
         "naive": lambda: naive_loop(paths, batch_size, epochs),
         "per_file": lambda: count_images(sets["per_file"], epochs),
+        "per_file_tf": lambda: count_images(sets["per_file_tf"], epochs),
         "per_file_cached": lambda: count_images(cached, epochs),
         "packed": lambda: count_images(sets["packed"], epochs),
         "shards": lambda: count_images(sets["shards"], epochs),
@@ -247,8 +250,9 @@ def machine() -> str:
     except (OSError, AttributeError):
         pass
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
-    return (f"{cpu}, {os.cpu_count()} cores (shared), TensorFlow {tf.__version__}, "
-            f"TF_ENABLE_ONEDNN_OPTS={onednn}, no GPU")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{cpu}, {os.cpu_count()} cores (shared: load average {load} when the run ended), "
+            f"TensorFlow {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={onednn}, no GPU")
 
 
 def flatten(per_size: dict[int, dict], steps: dict, main_size: int) -> dict:
@@ -270,7 +274,7 @@ def flatten(per_size: dict[int, dict], steps: dict, main_size: int) -> dict:
     return result
 
 
-READERS = ("naive", "per_file", "per_file_cached", "packed", "shards", "tfrecord", "packed_augment")
+READERS = ("naive", "per_file", "per_file_tf", "per_file_cached", "packed", "shards", "tfrecord", "packed_augment")
 
 
 def markdown_tables(result: dict, sizes: list[int], main_size: int) -> list[str]:
@@ -315,9 +319,11 @@ def write_outputs(result: dict, args, sizes: list[int]) -> None:
     command = "python -m pipelines.benchmark " + " ".join(shown)
     lines = [SECTION, "",
              f"Command: `{command.strip()}`  ", f"Machine: {machine()}  ",
-             f"Date: {datetime.date.today().isoformat()}; {args.n} files per size, batch {args.batch_size}, "
-             f"median of {args.repeats} interleaved repeats; pipelines consumed in-graph (`Dataset.reduce`), "
-             f"train steps of `{args.arch}` timed between `model.fit` steps. CSV: `{csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path}`.",
+             f"Date: {datetime.date.today().isoformat()}; {args.n} files at {args.size} px "
+             f"({max(args.batch_size * 4, args.n // 3)} at {args.extra_size} px), batch {args.batch_size}; pipelines: "
+             f"median of {args.repeats} interleaved repeats, consumed in-graph (`Dataset.reduce`); train steps of "
+             f"`{args.arch}`: {2 * args.repeats} alternating fits of {args.steps} steps per feed. "
+             f"CSV: `{csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path}`.",
              ""]
     lines += markdown_tables(result, sizes, args.size)
     notes = Path(args.notes) if args.notes else None
@@ -357,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="main image side (default 64)")
     p.add_argument("--extra-size", type=int, default=150, help="second image side, not in --smoke (default 150)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, help="train steps per timed fit (default 30, --smoke 8)")
+    p.add_argument("--steps", type=int, help="train steps per timed fit (default 15, --smoke 6); fits of every "
+                   "feed alternate, 2 x --repeats times (3 with --smoke)")
     p.add_argument("--repeats", type=int, help="interleaved repeats (default 3, --smoke 1)")
     p.add_argument("--csv", default=str(ROOT / "pipelines" / "benchmark.csv"), help="CSV output (not in --smoke)")
     p.add_argument("--notes", help="markdown file appended under the table in BENCHMARKS.md")
@@ -365,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.n = args.n or (1200 if args.smoke else 9000)
     args.arch = args.arch or ("mobilenet_v3_small" if args.smoke else "efficientnet_b0")
-    args.steps = args.steps or (6 if args.smoke else 30)
+    args.steps = args.steps or (6 if args.smoke else 15)
     args.repeats = args.repeats or (1 if args.smoke else 3)
     from deeplense_tf.cli import prepare_environment
 
@@ -384,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{size}px: " + ", ".join(f"{k} {v:,.4g}" for k, v in rates.items() if "cpu" not in k), flush=True)
         log("timing train steps")
         steps = step_times(args.arch, data, args.size, args.batch_size, args.steps,
-                           3 if args.smoke else args.repeats, args.smoke)
+                           3 if args.smoke else 2 * args.repeats, args.smoke)
     result = flatten(per_size, steps, args.size)
     print_table(result)
     if args.json:

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_images, write_class_folders
-from deeplense_tf.data.npy import read_npy, read_npy_header
+from deeplense_tf.data.npy import NpyFileImages, read_npy, read_npy_header
 from deeplense_tf.data.pack import write_shards
 from deeplense_tf.data.pipeline import augmenter, create_dataset, decode_npy, epoch_order
 from deeplense_tf.data.sources import load_data
@@ -27,23 +27,31 @@ def sources(tmp_path_factory):
             "shards": load_data(str(tmp / "shards"), stream=True).images}
 
 
-@pytest.mark.parametrize("kind", ["array", "files", "shards"])
+KINDS = ["array", "files", "files_tf", "shards"]
+
+
+def dataset(sources, kind, labels, batch_size, training, **kwargs):
+    reader = "tf" if kind == "files_tf" else "blocks"
+    return create_dataset(sources[kind.replace("_tf", "")], labels, batch_size, training, file_reader=reader, **kwargs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_evaluation_order_and_values(sources, kind):
     labels = np.arange(12, dtype=np.int32)
-    x, y = drain(create_dataset(sources[kind], labels, 5, training=False))
+    x, y = drain(dataset(sources, kind, labels, 5, training=False))
     np.testing.assert_array_equal(y, labels)
     np.testing.assert_array_equal(x, sources["array"])
 
 
-@pytest.mark.parametrize("kind", ["array", "files", "shards"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_training_shuffles_each_epoch_and_keeps_pairs(sources, kind):
     labels = np.arange(12, dtype=np.int32)
-    ds = create_dataset(sources[kind], labels, 4, training=True, seed=3)
+    ds = dataset(sources, kind, labels, 4, training=True, seed=3)
     (x1, y1), (x2, y2) = drain(ds), drain(ds)
     assert sorted(y1) == list(range(12)) and not np.array_equal(y1, y2)
     assert [len(x) for x, _ in ds] == [4, 4, 4]  # blocks of any length are re-cut into full batches
     np.testing.assert_array_equal(x1, sources["array"][y1])  # each image still carries its own label
-    again = drain(create_dataset(sources[kind], labels, 4, training=True, seed=3))[1]
+    again = drain(dataset(sources, kind, labels, 4, training=True, seed=3))[1]
     np.testing.assert_array_equal(y1, again)  # seeded
 
 
@@ -55,14 +63,15 @@ def test_cache_gives_the_same_images(sources):
         np.testing.assert_array_equal(x, sources["array"][y])
 
 
-def test_pipeline_names_nan_file_when_only_headers_were_checked(tmp_path):
+@pytest.mark.parametrize("reader", ["blocks", "tf"])
+def test_pipeline_names_nan_file_when_only_headers_were_checked(tmp_path, reader):
     root = write_class_folders(tmp_path / "d", per_class=2, size=16)
     bad = np.ones((16, 16), np.float32)
     bad[2, 2] = np.nan
     np.save(root / "cdm" / "nan_pixels.npy", bad)
     index = load_data(str(root), validate="quick")
     with pytest.raises(tf.errors.InvalidArgumentError, match="nan_pixels.npy"):
-        drain(create_dataset(index.images, np.zeros(7, np.int32), 7, training=False))
+        drain(create_dataset(index.images, np.zeros(7, np.int32), 7, training=False, file_reader=reader))
 
 
 @pytest.mark.parametrize("stored", [
@@ -74,6 +83,7 @@ def test_pipeline_names_nan_file_when_only_headers_were_checked(tmp_path):
 def test_decode_npy_eager_and_in_dataset_map(tmp_path, stored):
     np.save(tmp_path / "a.npy", stored)
     header, expected = read_npy_header(tmp_path / "a.npy"), read_npy(tmp_path / "a.npy").image
+    np.testing.assert_array_equal(NpyFileImages([tmp_path / "a.npy"], header).read(np.array([0]))[0], expected)
     raw = tf.io.read_file(str(tmp_path / "a.npy"))[None]
     np.testing.assert_array_equal(decode_npy(raw, header)[0].numpy(), expected)
     ds = tf.data.Dataset.from_tensors(str(tmp_path / "a.npy")).map(lambda p: decode_npy(tf.io.read_file(p)[None], header))

@@ -105,6 +105,17 @@ def test_hyperband_continues_the_best_trial(sim_cache, tiny_space, eager, tmp_pa
     assert list(history["epoch"]) == [0, 1]  # the inherited epoch, then its own
 
 
+def test_executions_of_a_trial_start_from_different_weights(sim_cache, tiny_space, eager, tmp_path):
+    out = tmp_path / "random"
+    assert random_search.main(_argv(tiny_space, out, "--max-trials", "1", "--executions-per-trial", "2")) == 0
+    trial = out / "trials/trial_0"
+    first, second = (pd.read_csv(d / "history.csv") for d in (trial, trial / "execution_1"))
+    assert first["loss"][0] != second["loss"][0]
+    config = json.loads((trial / "execution_1/config.json").read_text())
+    assert config["train"]["seed"] == 42  # the split stays that of the search
+    assert _trials(out)["val_mae"][0] == pytest.approx((first["val_mae"].min() + second["val_mae"].min()) / 2)
+
+
 def test_failed_trials_are_recorded_and_the_search_goes_on(sim_cache, tiny_space, monkeypatch, tmp_path, capsys):
     import tensorflow as tf
 

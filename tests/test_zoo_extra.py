@@ -1,7 +1,7 @@
 """Architectures written in this package (convnets, transformers) and feature fusion.
 
-    python -m pytest tests/test_zoo_extra.py -m "not slow"   # ~2-3 min on a loaded 2-core CPU
-    python -m pytest tests/test_zoo_extra.py -m slow         # the deepest nets train one step too
+    python -m pytest tests/test_zoo_extra.py -m "not slow"   # ~2 min on a loaded 2-core CPU
+    python -m pytest tests/test_zoo_extra.py -m slow         # the deepest nets, built and trained
 """
 
 import keras
@@ -14,8 +14,9 @@ from deeplense_tf.models.registry import ARCHS, create_backbone, get_arch, input
 from tests.helpers import assert_config_roundtrip
 
 OURS = [name for name in list_archs() if ARCHS[name].source == "deeplense_tf"]
-# Same builders and blocks as a shallower entry (resnet / resnext50, densenet via its
-# blocks): a training step of these alone costs minutes, so it runs under `slow`.
+# Building and training each of these costs ~25 s on a loaded 2-core machine: the default
+# run trains their builders at a shallower depth (resnext50, eca_resnet50, a 4-layer
+# DenseNet), `-m slow` builds and trains them.
 DEEPEST = {"resnet200", "resnext101", "densenet264"}
 
 
@@ -66,17 +67,19 @@ def test_builds_and_trains(name):
     assert_trains(backbone, size_for(name))
 
 
-@pytest.mark.parametrize("name", sorted(DEEPEST))
-def test_deepest_build(name):
-    keras.backend.clear_session()
-    assert_features(create_backbone(name, (32, 32, 1)), 32)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DEEPEST))
-def test_deepest_train(name):
+def test_deepest_build_and_train(name):
     keras.backend.clear_session()
-    assert_trains(create_backbone(name, (32, 32, 1)), 32)
+    backbone = create_backbone(name, (32, 32, 1))
+    assert_features(backbone, 32)
+    assert_trains(backbone, 32)
+
+
+def test_shallow_densenet_trains():
+    backbone = convnets.densenet((32, 32, 1), blocks=(1, 1, 1, 1))
+    assert backbone.output_shape == (None, (((64 + 32) // 2 + 32) // 2 + 32) // 2 + 32)
+    assert_trains(backbone, 32)
 
 
 def test_no_imagenet_weights():
@@ -111,11 +114,23 @@ def test_grouped_conv_equals_keras_grouped_conv():
     assert y.shape == ours.compute_output_shape(x.shape)
 
 
+def test_attention_equals_keras_multi_head_attention():
+    rng = np.random.default_rng(4)
+    q, kv = rng.normal(size=(2, 5, 8)).astype("float32"), rng.normal(size=(2, 3, 8)).astype("float32")
+    ours, reference = transformers.Attention(2), keras.layers.MultiHeadAttention(2, 4)
+    ours(q, kv), reference(q, kv)
+    w = reference.get_weights()  # query, key, value kernels (8, 2, 4) and biases; output (2, 4, 8)
+    for i, dense in enumerate([ours.query_dense, ours.key_dense, ours.value_dense, ours.output_dense]):
+        dense.set_weights([w[2 * i].reshape(8, 8), w[2 * i + 1].reshape(8)])
+    np.testing.assert_allclose(np.asarray(ours(q, kv)), np.asarray(reference(q, kv)), atol=1e-5)
+
+
 @pytest.mark.parametrize("layer", [
     convnets.GroupedConv2D(64, 3, groups=32, strides=2, padding="valid", use_bias=True),
     convnets.LayerScale(1e-5),
     transformers.ClassToken(),
     transformers.PositionEmbedding(stddev=0.05),
+    transformers.Attention(num_heads=3),
 ])
 def test_config_roundtrip(layer):
     assert_config_roundtrip(layer)
@@ -126,7 +141,7 @@ def test_custom_layers_save_and_load(tmp_path):
     x = convnets.GroupedConv2D(8, 3, groups=2)(keras.layers.Conv2D(4, 1)(inputs))
     x = keras.layers.Reshape((-1, 8))(convnets.LayerScale(0.5)(x))
     x = transformers.PositionEmbedding()(transformers.ClassToken()(x))
-    model = keras.Model(inputs, x)
+    model = keras.Model(inputs, transformers.Attention(2)(x))
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(np.asarray(loaded(tiny_images(2, 16))), np.asarray(model(tiny_images(2, 16))))

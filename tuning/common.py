@@ -207,6 +207,7 @@ class TrialRuns:
         for path in run_dir.iterdir():  # left by an interrupted run of this trial
             if path.name != "trial.json":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.hypermodel.execution = 0
         self._trial_started = time.time()
         self._gradients_before = set(_gradient_registry())
         print(f"trial {trial.trial_id} starts on {self.tuner_id}: {run_dir}", flush=True)

@@ -62,6 +62,8 @@ class LensHyperModel(keras_tuner.HyperModel):
         self.data = data
         # The tuner sets this while it only collects the space: then no model is built.
         self.declare_only = False
+        # Executions of the current trial so far (--executions-per-trial); the tuner resets it.
+        self.execution = 0
 
     def config_for(self, hp: keras_tuner.HyperParameters, epochs: int | None = None) -> RunConfig:
         n_train = None if self.data is None else len(self.data.splits["train"])
@@ -71,7 +73,9 @@ class LensHyperModel(keras_tuner.HyperModel):
         config = self.config_for(hp)
         if self.declare_only:
             return None
-        keras.utils.set_random_seed(config.train.seed)  # every trial starts from the same seed
+        # Every trial's first execution starts from the seed of the train command that reproduces it;
+        # repeated executions from other initialisations (the split, set by the seed in config.json, stays).
+        keras.utils.set_random_seed(config.train.seed + self.execution)
         data = self.data
         model = create_model(config.model, data.input_shape, n_classes=len(data.class_names),
                              target_mean=data.target_mean, target_std=data.target_std,
@@ -83,7 +87,8 @@ class LensHyperModel(keras_tuner.HyperModel):
             callbacks=(), epochs: int | None = None, initial_epoch: int = 0, **kwargs):
         """Train into ``run_dir`` (a normal run directory); a failure the user can act on fails the trial."""
         config = self.config_for(hp, epochs)
-        run_dir = _execution_dir(Path(run_dir))
+        run_dir = Path(run_dir) / f"execution_{self.execution}" if self.execution else Path(run_dir)
+        self.execution += 1
         write_run_files(run_dir, config, self.data)
         if previous_run is not None and (previous_run / "history.csv").is_file():
             # Hyperband continues an earlier trial's weights: keep its epochs in this history.
@@ -105,16 +110,6 @@ def write_run_files(run_dir: Path, config: RunConfig, data: PreparedData) -> Non
     config.save(run_dir / runs.CONFIG)
     runs.write_json(run_dir / runs.DATA_INFO, data.info(config))
     split_table(data).to_csv(run_dir / "split.csv", index=False)
-
-
-def _execution_dir(trial_dir: Path) -> Path:
-    """The trial folder for its first execution; ``execution_<k>`` inside it for repeats."""
-    if not (trial_dir / runs.CONFIG).exists():
-        return trial_dir
-    k = 1
-    while (trial_dir / f"execution_{k}").exists():
-        k += 1
-    return trial_dir / f"execution_{k}"
 
 
 def _hparams_callback(run_dir: Path, hp, trial_id: str, config: RunConfig) -> keras.callbacks.Callback:

@@ -301,23 +301,49 @@ class NpyFileImages(LazyImages):
         self.paths = np.asarray([str(p) for p in paths])
         self.header = header
         self.pixels_checked = pixels_checked
+        self._path_list = self.paths.tolist()  # str objects once, not per read
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        from concurrent.futures import ThreadPoolExecutor
+        """The pixels of each file, read straight past the shared header into one buffer.
 
-        out = np.empty((len(rows), *self.image_shape), np.float32)
-
-        def one(j):
-            with open(self.paths[rows[j]], "rb") as fh:
-                out[j] = decode_raw_image(fh.read(self.header.nbytes), self.header)
-
-        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-            list(pool.map(one, range(len(rows))))
-        return out
+        Three system calls per file (open, pread, close; each releases the GIL, so parallel
+        pipeline calls overlap), no header parsing, one vectorised conversion per block.
+        """
+        h = self.header
+        dtype = np.dtype(h.dtype)
+        count = math.prod(h.shape)
+        raw = np.empty((len(rows), count), dtype)
+        paths, offset, size = self._path_list, h.offset, count * dtype.itemsize
+        for j, row in enumerate(np.asarray(rows).tolist()):
+            fd = os.open(paths[row], os.O_RDONLY)
+            try:
+                got = os.preadv(fd, [raw[j]], offset) if _HAS_PREADV else _pread_into(fd, raw[j], offset)
+            finally:
+                os.close(fd)
+            if got != size:
+                raise BadFile(UNREADABLE, f"{paths[row]}: {got} of {size} bytes (the file changed after the scan)")
+        flat = h.layout in ("flat", "flat+label")
+        if flat:
+            raw = raw[:, : math.prod(self.image_shape)]
+        images = raw.reshape(len(rows), *(self.image_shape if flat else h.shape))
+        if h.layout == "chw":
+            images = np.moveaxis(images, 1, -1)
+        elif h.layout == "hw":
+            images = images[..., None]
+        return np.ascontiguousarray(images, dtype=np.float32)
 
     @property
     def view_paths(self) -> np.ndarray:
         return self.paths[self.rows]
+
+
+_HAS_PREADV = hasattr(os, "preadv")
+
+
+def _pread_into(fd: int, buffer: np.ndarray, offset: int) -> int:
+    data = os.pread(fd, buffer.nbytes, offset)
+    buffer.view(np.uint8)[: len(data)] = np.frombuffer(data, np.uint8)
+    return len(data)
 
 
 class ArrayImages(LazyImages):

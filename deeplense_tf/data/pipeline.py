@@ -8,8 +8,10 @@ the augmentation into the pipeline, for comparison). Two readers, chosen by what
   is drawn in numpy (seeded, new each epoch; shard by shard for sets on disk), cut into blocks
   of rows, and each block is gathered with one numpy call and split into batches by
   ``rebatch``: per-image work in Python is zero, per-block it is one call;
-- one ``.npy`` per image (``NpyFileImages``, all sharing one header): ``read_file`` on a chunk
-  of paths, one ``decode_raw`` for the whole chunk past the header, parallel and ``AUTOTUNE``d.
+- one ``.npy`` per image (``NpyFileImages``, all sharing one header): the same blocks, each file
+  read with one ``pread`` past the shared header; or (``file_reader="tf"``, and for ``cache``)
+  ``read_file`` on a chunk of paths and one ``decode_raw`` for the whole chunk, parallel and
+  ``AUTOTUNE``d.
 
 Measured on the 2-core machine in BENCHMARKS.md ("Input pipeline"): ``python -m pipelines.benchmark``.
 """
@@ -30,7 +32,8 @@ BAD_PIXELS = "NaN/Inf or all-zero pixels in"
 
 def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
                    deterministic: bool = True, cache: bool | str = False, augment: bool = False,
-                   block: int | None = None, check_pixels: bool | None = None) -> tf.data.Dataset:
+                   block: int | None = None, check_pixels: bool | None = None,
+                   file_reader: str = "blocks") -> tf.data.Dataset:
     """Batches of ``(float32 images (B,H,W,C), labels (B,))``; training shuffles (seeded), others keep order.
 
     ``images``: ``np.ndarray`` (N,H,W,C), a memory map, or a ``LazyImages`` view (shards, per-file
@@ -38,18 +41,23 @@ def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, 
     (faster when files arrive unevenly). ``cache``: keep decoded per-file images in memory (True)
     or in a file (a path) after the first epoch. ``augment``: random flips / 90-degree rotations
     in the pipeline instead of the model. ``check_pixels``: stop with the file's name on NaN/Inf
-    pixels (default: when the set was only validated quickly).
+    or all-zero pixels (default: when the set was only validated quickly). ``file_reader`` for
+    per-file ``.npy``: "blocks" (``pread`` past the shared header, a block of files per call; the
+    fastest measured) or "tf" (``read_file`` + ``decode_raw``; always used with ``cache``).
     """
     labels = np.asarray(labels)
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if isinstance(images, NpyFileImages):
-        check = not images.pixels_checked if check_pixels is None else check_pixels
+    if file_reader not in ("blocks", "tf"):
+        raise ValueError(f"file_reader={file_reader!r}; expected 'blocks' or 'tf'")
+    files = isinstance(images, NpyFileImages)
+    check = bool(files and not images.pixels_checked) if check_pixels is None else check_pixels
+    if files and (cache or file_reader == "tf"):
         ds = file_dataset(images, labels, batch_size, training, seed, deterministic=deterministic, cache=cache,
                           check_pixels=check)
     else:
         ds = block_dataset(images, labels, batch_size, training, seed, deterministic=deterministic, block=block,
-                           check_pixels=bool(check_pixels))
+                           check_pixels=check)
     if augment:
         ds = ds.map(augmenter(seed), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
@@ -153,7 +161,9 @@ def _raise_on_bad_pixels(x: np.ndarray, rows: np.ndarray, images) -> None:
     if not ok.all():
         from deeplense_tf.errors import DataError
 
-        raise DataError(f"{BAD_PIXELS} rows {rows[~ok][:20].tolist()} of the data set")
+        bad = rows[~ok][:20]
+        names = images.view_paths[bad].tolist() if isinstance(images, NpyFileImages) else f"rows {bad.tolist()}"
+        raise DataError(f"{BAD_PIXELS} {names}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -157,14 +157,6 @@ def eca(x, name: str):
     return keras.layers.Multiply(name=f"{name}_gate")([x, w])
 
 
-def squeeze_excite(x, reduced: int, act: str, name: str):
-    channels = x.shape[-1]
-    w = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    w = keras.layers.Conv2D(reduced, 1, activation=act, name=f"{name}_reduce")(w)
-    w = keras.layers.Conv2D(channels, 1, activation="sigmoid", name=f"{name}_expand")(w)
-    return keras.layers.Multiply(name=f"{name}_gate")([x, w])
-
-
 def bottleneck(x, width: int, out: int, strides: int = 1, groups: int = 1, attention: str | None = None,
                act: str = "relu", drop: float = 0.0, name: str = "block"):
     """ResNet / ResNeXt bottleneck (stride on the 3x3, "v1.5"), optional ECA before the sum."""
@@ -184,15 +176,14 @@ def resnet_stem(x, filters: int = 64, act: str = "relu"):
     return keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
 
 
-def mbconv(x, out: int, expand: int, kernel: int, strides: int, act: str, se_ratio: float = 0.0,
-           drop: float = 0.0, name: str = "mbconv"):
-    """MobileNetV2 / EfficientNet inverted residual: 1x1 expand, depthwise, [SE], 1x1 project."""
+def mbconv(x, out: int, expand: int, kernel: int, strides: int, act: str, drop: float = 0.0,
+           name: str = "mbconv"):
+    """MobileNetV2 / EfficientNet-lite inverted residual: 1x1 expand, depthwise, 1x1 project
+    (EfficientNet proper adds squeeze-excitation after the depthwise convolution)."""
     channels = x.shape[-1]
     y = conv_bn(x, channels * expand, 1, act=act, name=f"{name}_expand") if expand != 1 else x
     y = keras.layers.DepthwiseConv2D(kernel, strides, padding="same", use_bias=False, name=f"{name}_dw")(y)
     y = activation(batch_norm(y, f"{name}_dw_bn"), act, f"{name}_dw_act")
-    if se_ratio:
-        y = squeeze_excite(y, max(1, int(channels * se_ratio)), act, f"{name}_se")
     y = conv_bn(y, out, 1, act=None, name=f"{name}_project")
     if strides == 1 and channels == out:
         return residual(x, y, drop, name)
