@@ -11,6 +11,7 @@ These defaults finish in under ~10 minutes on a 2-core CPU; on a GPU raise --sam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import signal
 import sys
@@ -67,11 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEFAULT_ANOMALY_ARCH = "conv_autoencoder"
-FLAG_FIELDS = {
-    "data": ("data", "samples", "image_size", "target", "allow_pickle", "workers", "normal_class"),
-    "model": ("arch", "task", "weights", "dropout", "fc_units", "augment"),
-    "train": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "device", "jit_compile", "out"),
-}
+# Every config field whose name is also a flag's dest: adding a field and its flag is enough.
+FLAG_FIELDS = {section: tuple(f.name for f in dataclasses.fields(cls))
+               for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -79,7 +78,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     from deeplense_tf.config import replace
 
     base = RunConfig.load(args.config) if args.config else RunConfig()
-    changes = {section: {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    changes = {section: {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
                for section, fields in FLAG_FIELDS.items()}
     if changes["model"].get("weights") in ("none", ""):
         changes["model"]["weights"] = None
