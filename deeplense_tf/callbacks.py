@@ -9,6 +9,7 @@ import keras
 
 from deeplense_tf import runs
 from deeplense_tf.errors import UserError
+from deeplense_tf.schedules import current_lr
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -64,3 +65,12 @@ class StopOnNaN(keras.callbacks.Callback):
     def raise_if_failed(self):
         if self.failure:
             raise UserError(self.failure)
+
+
+class LogLearningRate(keras.callbacks.Callback):
+    """Adds the learning rate at the epoch's end (that of the next step) to the logs (history.csv,
+    TensorBoard), whatever the schedule."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = current_lr(self.model.optimizer)

@@ -18,14 +18,23 @@ from deeplense_tf.errors import ConfigError
 TASKS = ("regression", "classification", "lens_finding", "anomaly")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
+SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+LOSSES = (None, "mse", "huber", "mae")
+CLASS_WEIGHTS = ("none", "balanced")
+VALIDATE_MODES = ("full", "quick")
+STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
+DATA_PATH_FIELDS = ("data", "val_data", "test_data")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    # A path (class folders, packed .npy/.npz) or "sim:<preset>" for the built-in simulator.
-    data: str = "sim:model_ii"
-    # Images per class generated for "sim:" data. 600 keeps the default job inside ~10 min on 2 CPU cores.
-    samples: int = 600
+    # A path (class folders, packed .npy/.npz, HDF5, FITS, shards) or "sim:<preset>" for the built-in
+    # simulator; several (a tuple, e.g. simulator shard folders) are joined into one set.
+    data: str | tuple[str, ...] = "sim:model_ii"
+    # Images per class generated for "sim:" data (9000 images take ~35 s on 2 cores, cached once).
+    # Regression uses the 3000 axion images: with fewer (600) no network learned the mass in the
+    # default job's 8 epochs (BENCHMARKS.md, "Default main job").
+    samples: int = 3000
     # Model input size; None keeps the images' own size (raised to the architecture's minimum).
     image_size: int | None = None
     val_fraction: float = 0.15
@@ -38,12 +47,37 @@ class DataConfig:
     workers: int | None = None
     # Anomaly detection trains on this class only and scores every other class against it.
     normal_class: str = "no_sub"
+    # The scan before training: "full" reads every pixel (in parallel; seconds for a DeepLense-sized
+    # set), "quick" only headers and sizes (huge sets; NaN/Inf pixels then stop the pipeline, naming the file).
+    validate: str = "full"
+    # Drop bad files (unreadable, NaN/Inf, all-zero, duplicated...) instead of stopping: each is logged and
+    # listed in the run's data.json; a rebuilt split (--resume, evaluate) drops the same ones.
+    skip_bad: bool = False
+    # Catalogue column holding the labels (HDF5 table, FITS classifications.csv, .npz, metadata.csv);
+    # 0/1 values become is_lens, anything else the class.
+    label_column: str | None = None
+    # Explicit evaluation sets (any `data` layout; a tuple is joined) instead of cutting val_fraction /
+    # test_fraction off `data`; a split not given is still cut off the training data.
+    val_data: str | tuple[str, ...] | None = None
+    test_data: str | tuple[str, ...] | None = None
+    # The class names the data must have (e.g. no_sub cdm axion): any other class folder or label is an
+    # error naming it, so a stray folder is not silently learnt as a class. None accepts what is found.
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        # argparse (nargs="+") and JSON give lists: one path stays a string, several become a tuple,
+        # so config.json round-trips and a single --data reads as before.
+        for name in DATA_PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, str(value[0]) if len(value) == 1 else tuple(str(v) for v in value))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     # A backbone from --list-archs; for --task anomaly an autoencoder (conv_autoencoder, vae).
-    arch: str = "efficientnet_b0"
+    # resnet18 learns the default CPU job; efficientnet_b0 stayed at the mean predictor there (BENCHMARKS.md).
+    arch: str = "resnet18"
     task: str = "regression"
     # None/"none" = train from scratch (the default: no network needed); "imagenet" or a local weights file.
     weights: str | None = None
@@ -52,6 +86,10 @@ class ModelConfig:
     fc_units: tuple[int, int] = (256, 64)
     # Random flips and 90-degree rotations during training: lensing images have that symmetry.
     augment: bool = True
+    # Fine-tuning (finetune.py): train the head on a frozen backbone (its BatchNorm in inference mode).
+    freeze_backbone: bool = False
+    # With freeze_backbone: epochs 1..N train the head only, then the whole network; None = frozen throughout.
+    unfreeze_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +104,36 @@ class TrainConfig:
     # XLA: off by default, it made CPU training 5-7x slower (STACK.md).
     jit_compile: bool = False
     out: str = "runs"
+    # Learning-rate schedule (schedules.py): cosine with linear warm-up, onecycle, plateau (halve
+    # when the monitored validation metric stalls for 2 epochs) or constant.
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    # SGD momentum (Nesterov); ignored by Adam/AdamW.
+    momentum: float = 0.9
+    # Clip each step's gradient to this global norm; None = no clipping.
+    clipnorm: float | None = None
+    # Sharpness-aware minimisation (Foret et al. 2021) around the chosen optimiser: neighbourhood radius; 0 = off.
+    sam_rho: float = 0.0
+    # Regression loss on the target in its own units (dex): mse, huber (delta 1) or mae; None = the task's default.
+    loss: str | None = None
+    # Classification / lens finding: 0..1 of the target mass spread over the other classes.
+    label_smoothing: float = 0.0
+    # "balanced": weight each training image by n / (classes x count of its class); "none".
+    class_weights: str = "none"
+    # Stop after this many epochs without improvement of the monitored metric; 0 = never.
+    early_stopping: int = 0
+    # Re-estimate BatchNorm moving statistics from this many training batches before each validation
+    # (batchnorm.py: a short run from scratch otherwise validates a different network); 0 = off.
+    bn_recalibration: int = 20
+    # mixed_float16 on GPUs, mixed_bfloat16 on CPUs; the last layer and the loss stay float32.
+    mixed_precision: bool = False
+    # Class-balanced training batches (classification, lens finding): imbalance such as 1 lens in 100
+    # would otherwise teach "never a lens"; validation and test keep the real class mix.
+    balance: bool = False
+    # tf.distribute strategy (distributed.py): auto = MirroredStrategy over several local GPUs, else none;
+    # mirrored (all local GPUs, or the CPU); one-device (first GPU or the CPU); multiworker = several
+    # machines described by the TF_CONFIG environment variable (batch_size stays the global batch).
+    strategy: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -125,6 +193,18 @@ def validate(config: RunConfig) -> None:
         (m.task in TASKS, f"task must be one of {TASKS}. Received: task={m.task!r}"),
         (t.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={t.optimizer!r}"),
         (t.device in DEVICES, f"device must be one of {DEVICES}. Received: device={t.device!r}"),
+        (t.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}. Received: schedule={t.schedule!r}"),
+        (t.loss in LOSSES, f"loss must be one of {LOSSES[1:]} (regression only). Received: loss={t.loss!r}"),
+        (t.loss is None or m.task == "regression", f"--loss applies to regression only. Received: loss={t.loss!r} "
+         f"with task={m.task!r}"),
+        (t.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {CLASS_WEIGHTS}. Received: {t.class_weights!r}"),
+        (0 <= t.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {t.label_smoothing}"),
+        (t.warmup_epochs >= 0, f"warmup_epochs must be >= 0. Received: {t.warmup_epochs}"),
+        (t.clipnorm is None or t.clipnorm > 0, f"clipnorm must be > 0. Received: {t.clipnorm}"),
+        (t.sam_rho >= 0, f"sam_rho must be >= 0. Received: {t.sam_rho}"),
+        (t.early_stopping >= 0, f"early_stopping must be >= 0 epochs. Received: {t.early_stopping}"),
+        (t.bn_recalibration >= 0, f"bn_recalibration must be >= 0 batches. Received: {t.bn_recalibration}"),
+        (0 <= t.momentum < 1, f"momentum must be in [0, 1). Received: {t.momentum}"),
         (d.samples >= 1, f"samples must be >= 1. Received: samples={d.samples}"),
         (t.epochs >= 1, f"epochs must be >= 1. Received: epochs={t.epochs}"),
         (t.batch_size >= 1, f"batch_size must be >= 1. Received: batch_size={t.batch_size}"),
@@ -134,10 +214,37 @@ def validate(config: RunConfig) -> None:
         (0 < d.val_fraction and 0 < d.test_fraction and d.val_fraction + d.test_fraction < 1,
          f"val_fraction and test_fraction must be > 0 and sum below 1. Received: {d.val_fraction}, {d.test_fraction}"),
         (d.image_size is None or d.image_size >= 8, f"image_size must be >= 8. Received: {d.image_size}"),
+        (not m.freeze_backbone or m.task != "anomaly",
+         "freeze_backbone: an anomaly autoencoder has no separate backbone; drop --freeze-backbone"),
+        (m.unfreeze_at is None or m.freeze_backbone,
+         f"unfreeze_at needs freeze_backbone (add --freeze-backbone). Received: unfreeze_at={m.unfreeze_at}"),
+        (m.unfreeze_at is None or m.unfreeze_at >= 1,
+         f"unfreeze_at must be >= 1 (epochs of head-only training). Received: unfreeze_at={m.unfreeze_at}"),
+        (not t.balance or m.task in ("classification", "lens_finding"),
+         f"balance needs class labels (task classification or lens_finding). Received: task={m.task!r}"),
+        (t.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}. Received: strategy={t.strategy!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_data_sources(d)
+
+
+def _validate_data_sources(d: DataConfig) -> None:
+    """The data paths and scan options (kept apart from the list above, which the other sections share)."""
+    if d.validate not in VALIDATE_MODES:
+        raise ConfigError(f"validate must be one of {VALIDATE_MODES}. Received: validate={d.validate!r}")
+    if d.label_column is not None and (not isinstance(d.label_column, str) or not d.label_column.strip()):
+        raise ConfigError(f"label_column must be a column name. Received: label_column={d.label_column!r}")
+    if d.classes is not None and (len(d.classes) < 1 or len(set(d.classes)) != len(d.classes)):
+        raise ConfigError(f"classes must be distinct names. Received: classes={d.classes!r}")
+    for name in DATA_PATH_FIELDS:
+        value = getattr(d, name)
+        values = value if isinstance(value, tuple) else (value,)
+        if value is None and name != "data":
+            continue
+        if not values or not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"{name} must be a path or sim:<preset>, or a list of them. Received: {name}={value!r}")
 
 
 def _reject_unknown(raw: dict[str, Any], cls: type, where: str) -> None:

@@ -36,8 +36,11 @@ def predict(model, images: np.ndarray, batch_size: int = 64, tta: bool = False) 
 
 
 def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: dict, table: pd.DataFrame,
-                         out_dir: Path, header: dict) -> dict:
-    """Write metrics.json, predictions.csv and the task's plots; return the metrics document."""
+                         out_dir: Path, header: dict, model=None, images: np.ndarray | None = None) -> dict:
+    """Write metrics.json, predictions.csv and the task's plots; return the metrics document.
+
+    Anomaly runs given their ``model`` and ``images`` also draw example reconstructions.
+    """
     from deeplense_tf import metrics, plots, runs
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +52,23 @@ def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: di
     predictions_frame(task, y, y_pred, info, table).to_csv(out_dir / "predictions.csv", index=False)
     plots.plots_for_task(task, y, y_pred, out_dir / "plots", class_names=info["class_names"] or None,
                          label=info.get("target"), **extra)
+    if task == "anomaly" and model is not None and images is not None:
+        reconstruction_plot(model, images, y_pred, np.asarray(info["class_names"])[y], extra["normal_class"],
+                            out_dir / "plots")
     return document
+
+
+def reconstruction_plot(model, images, scores: np.ndarray, labels: np.ndarray, normal_class: str,
+                        out_dir: Path, per_class: int = 3) -> list[Path]:
+    """``anomaly_reconstructions.png``: a few images of each class beside their reconstructions."""
+    from deeplense_tf import plots
+    from deeplense_tf.models.autoencoders import reconstruction_model
+
+    rows = plots.reconstruction_examples(scores, labels, normal_class, per_class)
+    x = np.asarray(images[rows], np.float32)  # lazy image sets read only these rows
+    standardised, reconstruction = reconstruction_model(model).predict(x, verbose=0)
+    return plots.anomaly_reconstructions(standardised, reconstruction, scores[rows], labels[rows], normal_class,
+                                         out_dir)
 
 
 def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, table: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +174,7 @@ def evaluate_run(args) -> Path:
     outputs = predict(model, images, args.batch_size, args.tta)
     document = evaluate_predictions(config.model.task, y, outputs, info, table, out_dir,
                                     {"run": str(run_dir), "data": args.data or info["source"], "split": split,
-                                     "tta": args.tta, "n": int(len(y))})
+                                     "tta": args.tta, "n": int(len(y))}, model=model, images=images)
     print(summary_line(document))
     print(f"metrics, predictions and plots in {out_dir}")
     return out_dir

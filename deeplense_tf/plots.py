@@ -28,6 +28,8 @@ __all__ = [
     "classification_plots",
     "lens_finding_plots",
     "anomaly_plots",
+    "anomaly_reconstructions",
+    "candidate_mosaic",
     "training_curves",
     "plots_for_task",
     "TASK_PLOTS",
@@ -327,6 +329,43 @@ def lens_finding_plots(y_true, score, out_dir) -> list[Path]:
     return paths
 
 
+def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(H, W, C) -> what imshow draws: the first three bands as RGB, else the first band in grey,
+    each stretched between its 1st and 99.5th percentile."""
+    image = np.asarray(image, np.float32)
+    image = image[..., None] if image.ndim == 2 else image
+    planes = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
+    lo = np.percentile(planes, 1, axis=(0, 1))
+    hi = np.percentile(planes, 99.5, axis=(0, 1))
+    scaled = np.clip((planes - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+    return (scaled, None) if scaled.shape[-1] == 3 else (scaled[..., 0], "gray")
+
+
+def candidate_mosaic(images, scores, names: Sequence[str], path) -> Path:
+    """The ranked lens candidates in a grid, each titled with rank, lens probability and name;
+    multi-band stamps show their first three bands as RGB."""
+    images = np.asarray(images)
+    k = len(images)
+    if k == 0 or len(scores) != k or len(names) != k:
+        raise ValueError(f"candidate_mosaic needs as many scores and names as images (>= 1). Received: "
+                         f"{k} images, {len(scores)} scores, {len(names)} names")
+    cols = int(math.ceil(math.sqrt(k)))
+    rows = int(math.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False, layout="constrained")
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= k:
+            continue
+        shown, cmap = _display(images[i])
+        ax.imshow(shown, cmap=cmap, origin="lower", interpolation="nearest")
+        name = str(names[i])
+        ax.set_title(f"#{i + 1}  p={float(scores[i]):.3f}\n{name if len(name) <= 24 else '...' + name[-21:]}",
+                     fontsize=8)
+    fig.suptitle(f"Top {k} lens candidates (most lens-like first)")
+    path = Path(path)
+    return _save(fig, _out(path.parent), path.name)
+
+
 # --------------------------------------------------------------------------- anomaly
 def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str, out_dir) -> list[Path]:
     """Anomaly-score histograms per class and ROC of each other class vs the normal class."""
@@ -377,6 +416,51 @@ def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str
     ax.legend(loc="lower right", fontsize=9)
     paths.append(_save(fig, out, "anomaly_roc.png"))
     return paths
+
+
+def reconstruction_examples(scores, class_names_per_item: Sequence[str], normal_class: str,
+                            per_class: int = 3) -> np.ndarray:
+    """Indices of ``per_class`` items of each class spread over its score range (lowest, median,
+    highest for 3), normal class first: the rows ``anomaly_reconstructions`` shows."""
+    s = _m._as_1d(scores, "scores")
+    labels = np.asarray([str(c) for c in np.asarray(class_names_per_item).reshape(-1)])
+    _m._same_length(scores=s, class_names_per_item=labels)
+    rows = []
+    for c in sorted(set(labels.tolist()), key=lambda c: (c != normal_class, c)):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[np.argsort(s[idx], kind="stable")]
+        rows += idx[np.unique(np.round(np.linspace(0, len(idx) - 1, min(per_class, len(idx)))).astype(int))].tolist()
+    return np.asarray(rows, np.int64)
+
+
+def anomaly_reconstructions(images, reconstructions, scores, class_names_per_item: Sequence[str],
+                            normal_class: str, out_dir) -> list[Path]:
+    """One row per image (e.g. picked by ``reconstruction_examples``): input, reconstruction and
+    their difference, first band, as the autoencoder sees them (standardised)."""
+    x, r = np.asarray(images, np.float32), np.asarray(reconstructions, np.float32)
+    s = _m._as_1d(scores, "scores")
+    labels = np.asarray([str(c) for c in np.asarray(class_names_per_item).reshape(-1)])
+    _m._same_length(images=x, reconstructions=r, scores=s, class_names_per_item=labels)
+    if x.shape != r.shape or x.ndim != 4:
+        raise ValueError(f"images and reconstructions must both be (N, H, W, C). Received: {x.shape}, {r.shape}")
+    rows = list(zip(labels, range(len(x))))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.2, 2.3 * len(rows)), squeeze=False, layout="constrained")
+    for (c, i), (a_in, a_rec, a_res) in zip(rows, axes):
+        vmin, vmax = np.percentile(x[i, ..., 0], [1, 99.5])
+        residual = x[i, ..., 0] - r[i, ..., 0]
+        span = float(np.abs(residual).max()) or 1.0
+        a_in.imshow(x[i, ..., 0], cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
+        a_rec.imshow(r[i, ..., 0], cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
+        im = a_res.imshow(residual, cmap="RdBu_r", vmin=-span, vmax=span, origin="lower")
+        fig.colorbar(im, ax=a_res, fraction=0.046, pad=0.04)
+        tag = " (normal)" if c == normal_class else ""
+        a_in.set_title(f"{c}{tag}: score {s[i]:.3g}", fontsize=9)
+        a_rec.set_title("reconstruction", fontsize=9)
+        a_res.set_title("input - reconstruction", fontsize=9)
+        for ax in (a_in, a_rec, a_res):
+            ax.set_axis_off()
+    fig.suptitle("Reconstructions (standardised first band; lowest to highest score per class)")
+    return [_save(fig, _out(out_dir), "anomaly_reconstructions.png")]
 
 
 # --------------------------------------------------------------------------- training curves

@@ -50,6 +50,27 @@ def new_run_dir(out: str | Path, arch: str, task: str) -> Path:
     raise UserError(f"could not create a new run folder under {base.parent}")
 
 
+def run_bytes_needed(n_params: int) -> int:
+    """Disk a run takes at most: last + best checkpoints with Adam's two moments (3 copies of the
+    weights each), a temporary copy during each atomic write, model.keras and the SavedModel
+    (one copy each), float32; plus 64 MiB of logs, plots and tables."""
+    return (3 + 3 + 3 + 1 + 1) * 4 * int(n_params) + (64 << 20)
+
+
+def check_room(out: str | Path, n_params: int) -> None:
+    """Stop before training when ``out`` is not writable or cannot hold the run's files."""
+    out = Path(out)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"the output folder {out} is not writable (checked {probe}); choose another with --out")
+    free, need = shutil.disk_usage(probe).free, run_bytes_needed(n_params)
+    if free < need:
+        raise UserError(f"not enough disk space for the run in {out}: {free / 2**20:.0f} MiB free, about "
+                        f"{need / 2**20:.0f} MiB needed for checkpoints and exports; free space or choose --out")
+
+
 def require_run_dir(path: str | Path) -> Path:
     """A folder written by ``train``, or a clear error saying what is missing."""
     run = Path(path)

@@ -1,11 +1,12 @@
 """Train a model on lensing images, evaluate it on a held-out test split and export it.
 
-    python -m deeplense_tf.train --arch efficientnet_b0
+    python -m deeplense_tf.train --arch resnet18
 
 With no other flag: regression of log10 axion mass on a simulated DeepLense Model II set
-(600 images per class, generated once with lenstronomy and cached), 8 epochs at batch 32.
-These defaults finish in under ~10 minutes on a 2-core CPU; on a GPU raise --samples
-(e.g. 10000) and --epochs (e.g. 50). Everything goes to runs/<arch>-<task>-<time>/.
+(3000 images per class, generated once with lenstronomy and cached; regression trains on the
+axion class), resnet18, 8 epochs at batch 32 with a warm-up + cosine schedule: about 10
+minutes on a 2-core CPU. On a GPU raise --samples (e.g. 30000) and --epochs (e.g. 50) and try
+the larger backbones (--list-archs). Everything goes to runs/<arch>-<task>-<time>/.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from deeplense_tf.cli import prepare_environment, run_cli
-from deeplense_tf.config import DEVICES, OPTIMIZERS, TASKS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from deeplense_tf.config import CLASS_WEIGHTS, DEVICES, LOSSES, OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
     d, m, t = DataConfig(), ModelConfig(), TrainConfig()
     data = p.add_argument_group("Data")
-    data.add_argument("--data", help=f"class folders, images.npy/.npz, or sim:<preset> (default {d.data})")
+    from deeplense_tf.config import VALIDATE_MODES
+
+    data.add_argument("--data", nargs="+", metavar="PATH",
+                      help="class folders, train/ + test/ folders, images.npy/.npz, HDF5, FITS Band<k>/ folders, "
+                      f"pack shards, or sim:<preset> (default {d.data}); several are joined into one set")
+    data.add_argument("--val-data", nargs="+", metavar="PATH",
+                      help="a validation set (any --data layout) instead of cutting val_fraction (15%%) off --data")
+    data.add_argument("--test-data", nargs="+", metavar="PATH",
+                      help="a test set (any --data layout) instead of cutting test_fraction (15%%) off --data")
+    data.add_argument("--validate", choices=VALIDATE_MODES,
+                      help="scan before training: full (default) reads every file's pixels in parallel; quick "
+                      "reads headers only (very large sets; NaN/Inf pixels then stop training, naming the file)")
+    data.add_argument("--skip-bad", action="store_true", default=None,
+                      help="drop unreadable, broken, all-zero or duplicated files instead of stopping; each is "
+                      "logged and listed in the run's data.json (skipped_files)")
+    data.add_argument("--label-column", help="column with the labels in an HDF5 table, classifications.csv, "
+                      ".npz or metadata.csv (e.g. is_lens); 0/1 values become is_lens, others the class")
+    data.add_argument("--classes", nargs="+", metavar="NAME",
+                      help="the class names the data must have (e.g. no_sub cdm axion); any other class folder "
+                      "or label stops the run, naming it (default: accept the classes found)")
     data.add_argument("--samples", type=int, help=f"images per class for sim: data (default {d.samples}); "
                       "regression uses the axion class only")
     data.add_argument("--image-size", type=int, help="model input side; images are resized inside the model "
@@ -47,15 +67,48 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"widths of the regression head's two Dense layers (default {m.fc_units})")
     model.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                        help="switch off the random flips / 90-degree rotations during training")
+    model.add_argument("--freeze-backbone", action="store_true", default=None,
+                       help="fine-tuning: train the head only, backbone weights and BatchNorm statistics fixed")
+    model.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
+                       help="with --freeze-backbone: train the head for EPOCH epochs, then the whole network")
     opt = p.add_argument_group("Optimisation")
     opt.add_argument("--epochs", type=int, help=f"training epochs (default {t.epochs})")
-    opt.add_argument("--batch-size", type=int, help=f"images per step (default {t.batch_size})")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {t.optimizer}); sgd uses Nesterov momentum 0.9")
-    opt.add_argument("--lr", type=float, help=f"learning rate (default {t.lr}); halved when val loss stalls")
+    opt.add_argument("--batch-size", type=int, help=f"images per optimiser step, all GPUs and workers together "
+                     f"(default {t.batch_size})")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {t.optimizer}); sgd uses Nesterov momentum (--momentum)")
+    opt.add_argument("--lr", type=float, help=f"peak learning rate (default {t.lr})")
     opt.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {t.weight_decay})")
+    opt.add_argument("--schedule", choices=SCHEDULES,
+                     help=f"learning-rate schedule (default {t.schedule}: linear warm-up then cosine to 1%%); onecycle; "
+                     "plateau halves the rate after 2 epochs without improvement; constant")
+    opt.add_argument("--warmup-epochs", type=float, help=f"cosine warm-up length (default {t.warmup_epochs})")
+    opt.add_argument("--momentum", type=float, help=f"SGD Nesterov momentum (default {t.momentum})")
+    opt.add_argument("--clipnorm", type=float, help="clip each step's gradient to this global norm (default: off)")
+    opt.add_argument("--sam", dest="sam_rho", type=float, metavar="RHO",
+                     help="sharpness-aware minimisation around the optimiser, radius RHO (e.g. 0.05; two passes a step)")
+    opt.add_argument("--loss", choices=[v for v in LOSSES if v],
+                     help="regression loss on the target in its own units (default mse)")
+    opt.add_argument("--label-smoothing", type=float, help="classification / lens finding (default 0)")
+    opt.add_argument("--class-weights", choices=CLASS_WEIGHTS,
+                     help="balanced: weight images by inverse class frequency (classification, lens finding)")
+    opt.add_argument("--early-stopping", type=int, metavar="EPOCHS",
+                     help="stop after this many epochs without a better validation loss (default 0: never)")
+    opt.add_argument("--bn-recalibration", type=int, metavar="BATCHES",
+                     help=f"re-estimate BatchNorm statistics from this many training batches before each validation "
+                     f"(default {t.bn_recalibration}; 0 = off)")
+    opt.add_argument("--mixed-precision", action="store_true", default=None,
+                     help="mixed_float16 on GPUs, mixed_bfloat16 on CPUs (last layer and loss in float32)")
+    opt.add_argument("--balance", action="store_true", default=None,
+                     help="draw every class equally often in training batches (imbalanced sets, e.g. 1 lens in 100); "
+                     "validation and test keep the real mix")
     run = p.add_argument_group("Run")
     run.add_argument("--seed", type=int, help=f"seeds data, split, initialisation and augmentation (default {t.seed})")
     run.add_argument("--device", choices=DEVICES, help="cpu, gpu (all local GPUs, mirrored), auto (default)")
+    run.add_argument("--strategy", choices=STRATEGIES,
+                     help="auto (default): mirrored over several local GPUs, else none; mirrored: all local GPUs "
+                     "(or the CPU); one-device: first GPU or the CPU; multiworker: several machines described by "
+                     "the TF_CONFIG environment variable (README, 'Several machines'). --batch-size is always "
+                     "the global batch, split over GPUs and workers")
     run.add_argument("--jit-compile", action="store_true", default=None,
                      help="XLA compilation: off by default, it made CPU training 5-7x slower; try it on GPUs")
     run.add_argument("--out", help=f"parent folder of run directories (default {t.out}/)")
@@ -105,12 +158,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_archs(pattern: str) -> None:
+    """Name, family, backbone parameters at 64x64x1 (cached table, param_counts.py), sizes, source."""
+    prepare_environment()
+    from deeplense_tf.models.param_counts import format_count, load_table, param_count
     from deeplense_tf.models.registry import ARCHS, list_archs
 
-    names = list_archs(pattern)
+    names, table = list_archs(pattern), load_table()
+    print(f"{'name':<28} {'family':<16} {'params@64':>9}  {'min':>5}  {'default':>7}  source")
     for name in names:
         spec = ARCHS[name]
-        print(f"{name:<28} {spec.family:<16} default {spec.default_size:>3}px  min {spec.min_size:>3}px  {spec.source}")
+        params = format_count(param_count(name, table))
+        sizes = f"{spec.min_size:>3}px  {spec.default_size:>5}px"
+        print(f"{name:<28} {spec.family:<16} {params:>9}  {sizes}  {spec.source}")
     print(f"{len(names)} architectures", file=sys.stderr)
     from deeplense_tf.models.autoencoders import AUTOENCODERS
 

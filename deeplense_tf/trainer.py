@@ -13,24 +13,31 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from deeplense_tf import runs
-from deeplense_tf.callbacks import AtomicCheckpoint, StopOnNaN
+from deeplense_tf.batchnorm import RecalibrateBatchNorm
+from deeplense_tf.callbacks import AtomicCheckpoint, LogLearningRate, StopOnNaN
 from deeplense_tf.config import RunConfig, TrainConfig, replace
 from deeplense_tf.data.pipeline import create_dataset
 from deeplense_tf.data.prepare import PreparedData, check_split, prepare_data, split_table
+from deeplense_tf.distributed import fit_distributed, is_chief, make_strategy, on_chief, worker_share
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.evaluate import evaluate_predictions, predict, summary_line
 from deeplense_tf.export import export_run
+from deeplense_tf.finetune import finetune_callbacks, set_finetune_state
 from deeplense_tf.models.build import create_model
 from deeplense_tf.models.registry import get_arch, normalize_weights
+from deeplense_tf.losses import task_loss
+from deeplense_tf.sam import enable_sam
+from deeplense_tf.schedules import learning_rate
 from deeplense_tf.tasks import get_task
 
 OPTIMIZERS = {
-    "adam": lambda t: keras.optimizers.Adam(t.lr),
-    "adamw": lambda t: keras.optimizers.AdamW(t.lr, weight_decay=t.weight_decay),
-    "sgd": lambda t: keras.optimizers.SGD(t.lr, momentum=0.9, nesterov=True),
+    "adam": lambda t, lr, clip: keras.optimizers.Adam(lr, clipnorm=clip),
+    "adamw": lambda t, lr, clip: keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=clip),
+    "sgd": lambda t, lr, clip: keras.optimizers.SGD(lr, momentum=t.momentum, nesterov=True, clipnorm=clip),
 }
 METRICS = {
     "mae": lambda: keras.metrics.MeanAbsoluteError(name="mae"),
@@ -50,13 +57,17 @@ def train_run(config: RunConfig) -> Path:
         model = create_model(config.model, data.input_shape, n_classes=len(data.class_names),
                              target_mean=data.target_mean, target_std=data.target_std,
                              image_size=config.data.image_size, seed=config.train.seed)
-        compile_model(model, config)
+        set_finetune_state(model, config.model, epoch=0)  # --freeze-backbone: before compile
+        compile_model(model, config, steps_per_epoch(config, data))
     check_batch_size(config.train.batch_size, len(data.splits["train"]))
+    runs.check_room(config.train.out, model.count_params())
     run_dir = runs.new_run_dir(config.train.out, config.model.arch, config.model.task)
     print(f"run directory: {run_dir}")
     config.save(run_dir / runs.CONFIG)
     runs.write_json(run_dir / runs.DATA_INFO, data.info(config))
     split_table(data).to_csv(run_dir / "split.csv", index=False)
+    if data.skipped:  # --skip-bad: what was left out, and why
+        pd.DataFrame(data.skipped, columns=["file", "problem"]).to_csv(run_dir / "skipped_files.csv", index=False)
     return fit_and_finish(model, config, data, run_dir, initial_epoch=0)
 
 
@@ -81,31 +92,46 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
     print(f"resuming {run_dir} after epoch {done} of {config.train.epochs}")
     with strategy.scope():
         model = keras.models.load_model(run_dir / runs.LAST)
+        enable_sam(model, config.train.sam_rho)  # the train step is not part of the saved model
+        set_finetune_state(model, config.model, epoch=done)  # frozen or not, as due at this epoch
     return fit_and_finish(model, config, data, run_dir, initial_epoch=done)
 
 
 def set_up(train: TrainConfig) -> tf.distribute.Strategy:
-    """Seeds and devices; a MirroredStrategy when several GPUs are visible."""
-    if train.device == "cpu":
-        tf.config.set_visible_devices([], "GPU")
+    """Strategy (``--strategy``, distributed.py), devices, seeds and precision."""
+    strategy = make_strategy(train.strategy, train.device)  # first: MultiWorkerMirroredStrategy precedes any op
     gpus = tf.config.list_logical_devices("GPU")
     if train.device == "gpu" and not gpus:
         raise ConfigError("--device gpu: TensorFlow sees no GPU (install tensorflow[and-cuda] and check nvidia-smi)")
     keras.utils.set_random_seed(train.seed)
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    # float16 needs a GPU (tensor cores, loss scaling added by compile); CPUs compute bfloat16 natively.
+    keras.mixed_precision.set_global_policy(
+        ("mixed_float16" if gpus else "mixed_bfloat16") if train.mixed_precision else "float32")
+    return strategy
 
 
-def compile_model(model: keras.Model, config: RunConfig) -> None:
+def steps_per_epoch(config: RunConfig, data: PreparedData) -> int:
+    return max(1, -(-len(data.splits["train"]) // config.train.batch_size))
+
+
+def make_optimizer(train: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
+    """The run's optimiser with its learning-rate schedule (``steps`` optimiser steps per epoch)."""
+    lr = learning_rate(train.schedule, train.lr, steps, train.epochs, train.warmup_epochs)
+    return OPTIMIZERS[train.optimizer](train, lr, train.clipnorm)
+
+
+def compile_model(model: keras.Model, config: RunConfig, steps: int = 1) -> None:
     task = get_task(config.model.task)
-    model.compile(optimizer=OPTIMIZERS[config.train.optimizer](config.train), loss=task.loss,
+    model.compile(optimizer=make_optimizer(config.train, steps), loss=task_loss(task.name, task.loss, config.train),
                   metrics=[METRICS[name]() for name in task.metrics], jit_compile=config.train.jit_compile)
+    enable_sam(model, config.train.sam_rho)
 
 
 def fit_and_finish(model: keras.Model, config: RunConfig, data: PreparedData, run_dir: Path,
                    initial_epoch: int) -> Path:
     fit_model(model, config, data, run_dir, initial_epoch)
+    if config.train.strategy == "multiworker":  # evaluation and export on the chief only
+        return on_chief(model.distribute_strategy, lambda: finish(config, data, run_dir)) or run_dir
     return finish(config, data, run_dir)
 
 
@@ -116,26 +142,51 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
     task = get_task(config.model.task)
     x_train, y_train = data.subset("train")
     x_val, y_val = data.subset("val")
-    train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), t.batch_size, training=True, seed=t.seed)
-    val_ds = create_dataset(x_val, _fit_labels(task.name, y_val), t.batch_size, training=False)
+    batch = t.batch_size
+    if t.strategy == "multiworker":  # this worker's rows; the global batch split over all replicas
+        x_train, y_train, batch = worker_share(x_train, y_train, batch, model.distribute_strategy.num_replicas_in_sync)
+    train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed,
+                              balance=t.balance, first_epoch=initial_epoch)  # a resumed run: the same batches
+    if t.class_weights == "balanced" and task.name in ("classification", "lens_finding"):
+        train_ds = with_class_weights(train_ds, y_train)
+    val_ds = create_dataset(x_val, _fit_labels(task.name, y_val), batch, training=False)
     state_path = run_dir / runs.STATE
     best = runs.read_json(state_path).get("best") if state_path.exists() else None
     nan_guard = StopOnNaN()
+    recalibration = ()
+    if t.bn_recalibration and not tf.distribute.has_strategy():
+        # Its own copy of the training pipeline (another seed), read before each validation.
+        recalibration = (RecalibrateBatchNorm(create_dataset(x_train, _fit_labels(task.name, y_train), t.batch_size,
+                                                             training=True, seed=t.seed + 1), t.bn_recalibration),)
+    schedule = ()
+    if t.schedule == "plateau":
+        schedule = (keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5,
+                                                      patience=2, verbose=1),)
+    stopping = ()
+    if t.early_stopping:
+        stopping = (keras.callbacks.EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
+                                                  patience=t.early_stopping, verbose=1),)
     callbacks = [
         nan_guard,
+        *recalibration,  # before the checkpoint: it saves the recalibrated statistics
+        LogLearningRate(),  # before CSVLogger and TensorBoard, which write the logs
         AtomicCheckpoint(run_dir, task.monitor, task.monitor_mode, best=best),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=initial_epoch > 0),
-        keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5, patience=2,
-                                          verbose=1),
+        *schedule,
+        *stopping,
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch"),
+        *finetune_callbacks(config.model),  # --unfreeze-at
         *extra_callbacks,
     ]
     if initial_epoch >= t.epochs:
         return None
     started = time.time()
     try:
-        history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
-                            callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+        if t.strategy == "multiworker":  # Keras' fit fails under MultiWorkerMirroredStrategy (STACK.md)
+            history = fit_distributed(model, train_ds, val_ds, t.epochs, initial_epoch, callbacks, chief=is_chief())
+        else:
+            history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
+                                callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (train.main turns it into this)
         done = runs.read_json(state_path)["epochs_done"] if state_path.exists() else 0
         raise UserError(f"interrupted; {done} complete epoch(s) are saved in {run_dir}. Continue with: "
@@ -156,7 +207,8 @@ def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
     document = evaluate_predictions(config.model.task, y_test, outputs, data.info(config),
                                     data.table.loc[data.splits["test"]], run_dir,
                                     {"run": str(run_dir), "data": data.source, "split": "test",
-                                     "tta": False, "n": int(len(y_test)), "checkpoint": best.name})
+                                     "tta": False, "n": int(len(y_test)), "checkpoint": best.name},
+                                    model=model, images=x_test)
     if (run_dir / "history.csv").is_file():
         training_curves(run_dir / "history.csv", run_dir / "plots")
     paths = export_run(model, run_dir)
@@ -165,6 +217,26 @@ def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
           f"plots:       {run_dir / 'plots'}\nSavedModel:  {paths['saved_model']}\nKeras model: {paths['keras']}\n"
           f"TensorBoard: tensorboard --logdir {run_dir / 'logs'}")
     return run_dir
+
+
+def class_weight_table(y: np.ndarray) -> np.ndarray:
+    """``n / (classes x count)`` per class index: every class carries the same total weight."""
+    labels = np.asarray(y).reshape(-1).astype(np.int64)
+    counts = np.bincount(labels)
+    present = counts > 0
+    weights = np.zeros(len(counts), np.float32)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights
+
+
+def with_class_weights(dataset: tf.data.Dataset, y_train: np.ndarray) -> tf.data.Dataset:
+    """(images, labels) -> (images, labels, per-image weight of its class)."""
+    table = tf.constant(class_weight_table(y_train))
+
+    def add_weight(x, y):
+        return x, y, tf.gather(table, tf.cast(tf.reshape(y, [-1]), tf.int32))
+
+    return dataset.map(add_weight, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _fit_labels(task: str, y: np.ndarray) -> np.ndarray:

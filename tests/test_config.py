@@ -48,7 +48,7 @@ def test_unreadable_config_file(tmp_path):
 
 
 def test_to_dict_is_json():
-    assert json.loads(json.dumps(RunConfig().to_dict()))["model"]["arch"] == "efficientnet_b0"
+    assert json.loads(json.dumps(RunConfig().to_dict()))["model"]["arch"] == "resnet18"
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):

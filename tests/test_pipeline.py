@@ -119,3 +119,14 @@ def test_old_signature_and_label_shapes(label_shape):
     x, y = drain(ds)
     assert x.shape == (10, 16, 16, 1) and x.dtype == np.float32
     np.testing.assert_array_equal(x, images[y.reshape(10, -1)[:, 0].astype(int)])
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_resumed_pipeline_repeats_the_epochs_it_continues(balance):
+    images = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+    labels = (np.arange(40) % 2).astype(np.int32)
+    full = create_dataset(images, labels, 8, training=True, seed=5, balance=balance)
+    epochs = [drain(full)[0].ravel() for _ in range(3)]
+    assert not np.array_equal(epochs[0], epochs[1])
+    resumed = create_dataset(images, labels, 8, training=True, seed=5, balance=balance, first_epoch=2)
+    np.testing.assert_array_equal(drain(resumed)[0].ravel(), epochs[2])

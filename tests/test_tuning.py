@@ -40,8 +40,8 @@ def tiny_space(tmp_path) -> Path:
 def eager(monkeypatch):
     original = trainer.compile_model
 
-    def compile_eagerly(model, config):
-        original(model, config)
+    def compile_eagerly(model, config, *args):
+        original(model, config, *args)
         model.run_eagerly = True
 
     monkeypatch.setattr(trainer, "compile_model", compile_eagerly)
@@ -203,8 +203,8 @@ def test_chief_and_two_workers_split_the_trials(sim_cache, tiny_space, tmp_path)
         import sys
         from deeplense_tf import trainer
         original = trainer.compile_model
-        def compile_eagerly(model, config):
-            original(model, config)
+        def compile_eagerly(model, config, *args):
+            original(model, config, *args)
             model.run_eagerly = True
         trainer.compile_model = compile_eagerly
         from tuning import random

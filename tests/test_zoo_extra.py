@@ -54,9 +54,17 @@ def assert_trains(backbone, size):
 def test_seed_archs_are_registered():
     expected = {"vit", "vit_small", "cvt_13", "convnext_atto", "convnext_femto", "convnext_pico",
                 "convnext_nano", "resnext50", "resnext101", "cspresnet50", "eca_resnet50",
-                "densenet264", "efficientnet_lite0", "resnet200"}
+                "densenet264", "efficientnet_lite0", "resnet200", "resnet18", "resnet34", "xresnet18", "xresnet34"}
     assert expected <= set(OURS)
     assert all(not ARCHS[name].has_imagenet for name in OURS)
+
+
+def test_resnet18_and_34_match_torchvision_parameter_counts():
+    # torchvision resnet18 / resnet34 without the 1000-class fc layer (BatchNorm moving
+    # statistics are buffers there, not parameters)
+    for name, expected in (("resnet18", 11_689_512 - 513_000), ("resnet34", 21_797_672 - 513_000)):
+        backbone = create_backbone(name, (64, 64, 3))
+        assert sum(int(np.prod(w.shape)) for w in backbone.trainable_weights) == expected
 
 
 @pytest.mark.parametrize("name", [n for n in OURS if n not in DEEPEST])

@@ -80,7 +80,7 @@ class LensHyperModel(keras_tuner.HyperModel):
         model = create_model(config.model, data.input_shape, n_classes=len(data.class_names),
                              target_mean=data.target_mean, target_std=data.target_std,
                              image_size=config.data.image_size, seed=config.train.seed)
-        trainer.compile_model(model, config)
+        trainer.compile_model(model, config, trainer.steps_per_epoch(config, data))
         return model
 
     def fit(self, hp, model, *args, run_dir: Path, trial_id: str, previous_run: Path | None = None,

@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -87,13 +88,51 @@ class ConcatImages(LazyImages):
         return out
 
 
+PART_NAME = re.compile(r"^part-(\d+)-of-(\d+)$")
+
+
+def part_name(k: int, n: int) -> str:
+    """The folder of part ``k`` of ``n`` (``simulate --format shards --shard K/N`` writes one per job)."""
+    return f"part-{k:04d}-of-{n:04d}"
+
+
+def pack_parts(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` that each hold packed shards, to be read as one set; [] if ``root`` is not that.
+
+    Folders named ``part-K-of-N`` must all be there and complete: a missing or unfinished part
+    is an error naming it, not a silently smaller set.
+    """
+    folders = [p for p in sorted(Path(root).iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    packed = [p for p in folders if (p / MANIFEST).is_file()]
+    if not packed:
+        return []
+    numbered = [(m, p) for p in folders if (m := PART_NAME.match(p.name))]
+    totals = {int(m.group(2)) for m, _ in numbered}
+    if numbered and len(totals) == 1:
+        total = totals.pop()
+        done = {int(m.group(1)) for m, p in numbered if (p / MANIFEST).is_file()}
+        missing = [k for k in range(total) if k not in done]
+        if missing:
+            shown = ", ".join(f"{k}/{total}" for k in missing[:20])
+            raise DataError(f"{root}: {len(missing)} of {total} parts are missing or unfinished (--shard {shown}"
+                            f"{' ...' if len(missing) > 20 else ''}); run those simulator jobs again")
+    unpacked = [p.name for p in folders if p not in packed]
+    if unpacked:
+        raise DataError(f"{root} mixes packed folders with others ({', '.join(unpacked[:20])}); "
+                        "give the packed folders as --data one by one")
+    return packed
+
+
 def default_shard_size(image_shape: tuple[int, ...]) -> int:
     return max(256, TARGET_SHARD_BYTES // (4 * math.prod(image_shape)))
 
 
 def write_shards(index: DataIndex, dst: Path, *, shard_size: int | None = None, seed: int | None = 0,
-                 overwrite: bool = False) -> dict:
-    """Write ``index`` as shards under ``dst``; ``seed=None`` keeps the row order. Returns the manifest."""
+                 overwrite: bool = False, extra: dict | None = None) -> dict:
+    """Write ``index`` as shards under ``dst``; ``seed=None`` keeps the row order. Returns the manifest.
+
+    ``extra``: more manifest keys (the simulator records its recipe there).
+    """
     dst = Path(dst)
     if (dst / MANIFEST).exists() and not overwrite:
         raise DataError(f"{dst} already holds packed shards; choose another folder or pass --overwrite")
@@ -116,7 +155,7 @@ def write_shards(index: DataIndex, dst: Path, *, shard_size: int | None = None, 
     index.table.iloc[order].to_csv(dst / "metadata.csv", index=False)
     manifest = {"format": FORMAT, "version": 1, "count": int(n), "shard_size": int(shard_size),
                 "image_shape": list(image_shape), "dtype": "float32", "shards": names,
-                "source": index.root, "layout": index.layout, "shuffle_seed": seed}
+                "source": index.root, "layout": index.layout, "shuffle_seed": seed, **(extra or {})}
     tmp = dst / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, dst / MANIFEST)  # last: a folder with pack.json is complete

@@ -18,6 +18,8 @@ Measured on the 2-core machine in BENCHMARKS.md ("Input pipeline"): ``python -m 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 
@@ -33,7 +35,7 @@ BAD_PIXELS = "NaN/Inf or all-zero pixels in"
 def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
                    deterministic: bool = True, cache: bool | str = False, augment: bool = False,
                    block: int | None = None, check_pixels: bool | None = None,
-                   file_reader: str = "blocks") -> tf.data.Dataset:
+                   file_reader: str = "blocks", balance: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
     """Batches of ``(float32 images (B,H,W,C), labels (B,))``; training shuffles (seeded), others keep order.
 
     ``images``: ``np.ndarray`` (N,H,W,C), a memory map, or a ``LazyImages`` view (shards, per-file
@@ -44,6 +46,12 @@ def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, 
     or all-zero pixels (default: when the set was only validated quickly). ``file_reader`` for
     per-file ``.npy``: "blocks" (``pread`` past the shared header, a block of files per call; the
     fastest measured) or "tf" (``read_file`` + ``decode_raw``; always used with ``cache``).
+    ``balance``: training draws every class equally often (``balanced_order``), for imbalanced
+    sets such as lens finding; ignored when ``training`` is False, so validation and test keep
+    the real class mix and their metrics stay honest. ``first_epoch``: the 0-based epoch the first
+    iteration is; epoch ``e``'s order depends on ``(seed, e)`` only, so a run resumed at epoch ``e``
+    sees the same batches as an uninterrupted one (the ``read_file`` reader and ``cache`` use
+    ``tf.data`` shuffling instead and only keep the seed).
     """
     labels = np.asarray(labels)
     if len(labels) != len(images):
@@ -52,14 +60,17 @@ def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, 
         raise ValueError(f"file_reader={file_reader!r}; expected 'blocks' or 'tf'")
     files = isinstance(images, NpyFileImages)
     check = bool(files and not images.pixels_checked) if check_pixels is None else check_pixels
+    classes = class_ids(labels) if balance and training else None
     if files and (cache or file_reader == "tf"):
         ds = file_dataset(images, labels, batch_size, training, seed, deterministic=deterministic, cache=cache,
-                          check_pixels=check)
+                          check_pixels=check, classes=classes)
     else:
         ds = block_dataset(images, labels, batch_size, training, seed, deterministic=deterministic, block=block,
-                           check_pixels=check)
+                           check_pixels=check, classes=classes, first_epoch=first_epoch)
     if augment:
         ds = ds.map(augmenter(seed), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    # Known length: Keras shows "step k/N" and does not warn that the input "ran out of data".
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(labels) // batch_size)))
     options = tf.data.Options()
     options.deterministic = deterministic
     options.threading.max_intra_op_parallelism = 1  # leave the cores' thread pool to the model's ops
@@ -70,8 +81,13 @@ def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, 
 # Arrays, memory maps, shards: blocks of rows gathered by numpy
 
 def block_dataset(images, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
-                  deterministic: bool = True, block: int | None = None, check_pixels: bool = False) -> tf.data.Dataset:
-    """Rows in an order drawn per epoch, read ``block`` rows per numpy call, re-cut into batches."""
+                  deterministic: bool = True, block: int | None = None, check_pixels: bool = False,
+                  classes: np.ndarray | None = None, first_epoch: int = 0) -> tf.data.Dataset:
+    """Rows in an order drawn per epoch, read ``block`` rows per numpy call, re-cut into batches.
+
+    ``classes`` (one id per row): training draws a class-balanced order (``balanced_order``)
+    instead of a permutation; its blocks mix shards, since a balanced batch needs rows of every class.
+    """
     n = len(images)
     image_shape = tuple(int(d) for d in images.shape[1:])
     block = block or _block_rows(image_shape, batch_size)
@@ -79,7 +95,10 @@ def block_dataset(images, labels: np.ndarray, batch_size: int, training: bool, s
     label_dtype = tf.as_dtype(labels.dtype)
 
     def order(epoch_seed):
-        if training:
+        if training and classes is not None:
+            rows = balanced_order(classes, int(epoch_seed))
+            blocks = [rows[i:i + block] for i in range(0, n, block)]
+        elif training:
             blocks = epoch_order(n, int(epoch_seed), shards, block=block)
         else:
             blocks = [np.arange(i, min(i + block, n), dtype=np.int64) for i in range(0, n, block)]
@@ -91,18 +110,27 @@ def block_dataset(images, labels: np.ndarray, batch_size: int, training: bool, s
             _raise_on_bad_pixels(x, rows, images)
         return x, labels[rows]
 
-    def blocks(epoch_seed):
-        rows, lengths = tf.numpy_function(order, [epoch_seed], (tf.int64, tf.int64), stateful=False)
+    epochs = itertools.count(first_epoch)  # one draw per iteration of the dataset = per epoch
+
+    def next_order():
+        return order(epoch_seed(seed, next(epochs)))
+
+    def blocks(_):
+        rows, lengths = tf.numpy_function(next_order, [], (tf.int64, tf.int64), stateful=True)
         rows.set_shape((None,))
         lengths.set_shape((None,))
         return tf.data.Dataset.from_tensor_slices(tf.RaggedTensor.from_row_lengths(rows, lengths))
 
-    # A new seed each epoch (each iteration), reproducible from ``seed``.
-    ds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(blocks)
+    ds = tf.data.Dataset.range(1).flat_map(blocks)
     ds = ds.map(lambda rows: _with_shapes(tf.numpy_function(gather, [rows], (tf.float32, label_dtype)),
                                           image_shape, labels.shape[1:]),
                 num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     return ds.rebatch(batch_size)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's order: a function of the run's seed and the epoch index only."""
+    return int(np.random.SeedSequence([int(seed) & 0x7FFFFFFF, int(epoch)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def epoch_order(n: int, seed: int, shards: np.ndarray | None = None, window: int = SHARD_WINDOW,
@@ -129,6 +157,41 @@ def epoch_order(n: int, seed: int, shards: np.ndarray | None = None, window: int
             pieces += [rows[i:i + block] for i in range(0, len(rows), block)]
         blocks += [pieces[i] for i in rng.permutation(len(pieces))]
     return blocks
+
+
+def class_ids(labels: np.ndarray) -> np.ndarray:
+    """One integer class id per row from class indices (N,) or one-unit targets (N, 1) such as
+    ``is_lens``; regression targets and multi-column labels cannot be balanced."""
+    values = np.asarray(labels)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1 or values.dtype.kind not in "iubf" or not np.all(values == np.round(values)):
+        raise ValueError(f"balance=True needs one class index per image (integers, or 0/1 for lens finding). "
+                         f"Received: labels of dtype {values.dtype} and shape {np.shape(labels)}"
+                         f"{' with non-integer values' if values.dtype.kind == 'f' else ''}; "
+                         "balancing applies to classification and lens finding only")
+    return np.unique(values, return_inverse=True)[1].astype(np.int64)
+
+
+def balanced_order(classes: np.ndarray, seed: int) -> np.ndarray:
+    """One epoch of ``len(classes)`` row indices in which every class is equally frequent.
+
+    The slots are cycles of the K classes in random order, so any K consecutive rows hold
+    each class once and a batch of B rows holds each class B/K times (+-1). Each class fills
+    its slots from successive permutations of its rows: a minority class is repeated (every
+    row once before any row twice), a majority class is subsampled afresh each epoch.
+    """
+    rng = np.random.default_rng(seed & 0x7FFFFFFFFFFFFFFF)
+    n = len(classes)
+    k = int(classes.max()) + 1 if n else 0
+    slots = np.concatenate([rng.permutation(k) for _ in range(-(-n // max(k, 1)))])[:n] if n else classes
+    order = np.empty(n, np.int64)
+    for c in range(k):
+        pool = np.flatnonzero(classes == c)
+        need = np.flatnonzero(slots == c)
+        cycles = -(-len(need) // len(pool))
+        order[need] = np.concatenate([rng.permutation(pool) for _ in range(cycles)])[:len(need)]
+    return order
 
 
 def _shard_ids(images) -> np.ndarray | None:
@@ -171,13 +234,21 @@ def _raise_on_bad_pixels(x: np.ndarray, rows: np.ndarray, images) -> None:
 
 def file_dataset(images: NpyFileImages, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
                  deterministic: bool = True, cache: bool | str = False, check_pixels: bool = False,
-                 chunk: int = FILE_CHUNK) -> tf.data.Dataset:
-    """Paths shuffled per epoch (or decoded once and cached, then shuffled in memory), read in chunks."""
+                 chunk: int = FILE_CHUNK, classes: np.ndarray | None = None) -> tf.data.Dataset:
+    """Paths shuffled per epoch (or decoded once and cached, then shuffled in memory), read in chunks;
+    with ``classes`` (training), paths in a class-balanced order drawn per epoch."""
     paths = images.view_paths
     header = images.header
     n = len(paths)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if training and not cache:
+    if training and classes is not None:
+        if cache:
+            raise ValueError("balance=True cannot be combined with cache (a balanced epoch repeats and skips "
+                             "images, so it is not one pass over the files): use cache=False")
+        ds = _epoch_rows(lambda epoch_seed: balanced_order(classes, int(epoch_seed)), seed)
+        ds = ds.map(lambda i: (tf.gather(paths, i), tf.gather(labels, i)))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if training and not cache and classes is None:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(chunk)
     ds = ds.map(lambda p, y: (read_npy_files(p, header, check_pixels), y), num_parallel_calls=AUTOTUNE,
@@ -189,6 +260,16 @@ def file_dataset(images: NpyFileImages, labels: np.ndarray, batch_size: int, tra
         return ds.rebatch(batch_size)
     buffer = min(n, max(1024, (256 << 20) // (4 * int(np.prod(header.image_shape)))))
     return ds.unbatch().shuffle(buffer, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+
+
+def _epoch_rows(order, seed: int) -> tf.data.Dataset:
+    """Row indices ``order(epoch_seed)``, with a new seed each epoch, reproducible from ``seed``."""
+    def rows(epoch_seed):
+        values = tf.numpy_function(order, [epoch_seed], tf.int64, stateful=False)
+        values.set_shape((None,))
+        return tf.data.Dataset.from_tensor_slices(values)
+
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(rows)
 
 
 def read_npy_files(paths: tf.Tensor, header: NpyHeader, check_pixels: bool = False) -> tf.Tensor:

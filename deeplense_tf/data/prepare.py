@@ -3,6 +3,10 @@
 The same function rebuilds a run's split later (``evaluate``, ``--resume``): loading is
 deterministic for a given config and seed, and the split indices written to ``split.csv``
 are checked against the rebuilt ones.
+
+Where the data says which image belongs to which split (``train/`` + ``test/`` folders, a
+``split`` column, or ``--val-data`` / ``--test-data``), that split is kept and only a missing
+part is cut off the training images (seeded, stratified); otherwise all of it is split.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf.config import RunConfig
-from deeplense_tf.data.sources import DataIndex, load_data
+from deeplense_tf.data.sources import SHOW_PER_PROBLEM, DataIndex, load_data, load_splits
 from deeplense_tf.data.splits import SPLITS, stratified_split
 from deeplense_tf.errors import DataError
 from deeplense_tf.tasks import get_task
@@ -30,6 +34,7 @@ class PreparedData:
     target_mean: float = 0.0
     target_std: float = 1.0
     source: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, problem) dropped by skip_bad
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         idx = self.splits[split]
@@ -47,6 +52,7 @@ class PreparedData:
             "class_names": self.class_names, "input_shape": list(self.input_shape),
             "target_mean": self.target_mean, "target_std": self.target_std,
             "counts": {s: int(len(i)) for s, i in self.splits.items()},
+            "skipped_files": [{"file": f, "problem": p} for f, p in self.skipped],
         }
 
 
@@ -58,12 +64,33 @@ def label_index(index: DataIndex, task_name: str, target: str) -> tuple[Prepared
                         source=index.root), labels.strata
 
 
+def load_index(config: RunConfig) -> DataIndex:
+    """Read and check every data set the config names (``data``, ``val_data``, ``test_data``)."""
+    d = config.data
+    options = dict(samples=d.samples, seed=config.train.seed, allow_pickle=d.allow_pickle, workers=d.workers,
+                   validate=d.validate, skip_bad=d.skip_bad, label_column=d.label_column, classes=d.classes)
+    if d.val_data is None and d.test_data is None:
+        index = load_data(d.data, **options)
+    else:
+        index = load_splits(d.data, d.val_data, d.test_data, **options)
+    if d.classes is not None and "class" in index.table:  # class folders were checked by name already
+        found = index.table["class"].astype(str)
+        unknown = ~found.isin(d.classes)
+        if unknown.any():
+            files = index.table.loc[unknown, "file"].astype(str).tolist()
+            raise DataError(f"{len(files)} image(s) in {index.root} have classes {sorted(set(found[unknown]))} that "
+                            f"--classes {' '.join(d.classes)} does not list: {', '.join(files[:SHOW_PER_PROBLEM])}"
+                            f"{' ...' if len(files) > SHOW_PER_PROBLEM else ''}")
+    return index
+
+
 def prepare_data(config: RunConfig) -> PreparedData:
     d = config.data
-    index = load_data(d.data, samples=d.samples, seed=config.train.seed, allow_pickle=d.allow_pickle,
-                      workers=d.workers)
+    index = load_index(config)
+    print(f"data: {index.describe()}", flush=True)
     data, strata = label_index(index, config.model.task, d.target)
-    data.splits = stratified_split(strata, d.val_fraction, d.test_fraction, config.train.seed)
+    data.skipped = list(index.skipped)
+    data.splits = given_splits(data.table, strata, d.val_fraction, d.test_fraction, config.train.seed)
     if get_task(config.model.task).trains_on_normal_class_only:
         data.splits = normal_class_splits(data, d.normal_class)
     if config.model.task == "regression":
@@ -71,6 +98,32 @@ def prepare_data(config: RunConfig) -> PreparedData:
         data.target_mean = float(np.mean(train_y))
         data.target_std = float(np.std(train_y)) or 1.0
     return data
+
+
+def given_splits(table: pd.DataFrame, strata: np.ndarray, val_fraction: float, test_fraction: float,
+                 seed: int) -> dict[str, np.ndarray]:
+    """The data's own ``split`` column where it has one (missing parts cut off train), else a stratified split."""
+    if "split" not in table:
+        return stratified_split(strata, val_fraction, test_fraction, seed)
+    split = table["split"].astype(str).to_numpy()
+    unknown = sorted(set(split) - set(SPLITS))
+    if unknown:
+        raise DataError(f"the data's 'split' column holds {unknown}; expected only {list(SPLITS)} "
+                        "(rename the column if it means something else)")
+    parts = {name: np.flatnonzero(split == name) for name in SPLITS}
+    train = parts["train"]
+    missing = [name for name in ("val", "test") if len(parts[name]) == 0]
+    if missing:
+        if len(train) == 0:
+            raise DataError("the data has no training images to cut a val/test split from")
+        cut = stratified_split(strata[train], val_fraction, test_fraction, seed)
+        for name in missing:
+            parts[name] = train[cut[name]]
+        back = [cut[name] for name in ("val", "test") if name not in missing]
+        parts["train"] = train[np.concatenate([cut["train"], *back])]
+    if len(parts["train"]) == 0:
+        raise DataError("the data has no images in its train split (train/ folder or --data)")
+    return {name: np.sort(idx) for name, idx in parts.items()}
 
 
 def normal_class_splits(data: PreparedData, normal_class: str) -> dict[str, np.ndarray]:

@@ -28,8 +28,11 @@ from deeplense_tf.errors import DataError
 
 def read_class_folders(root: Path, *, allow_pickle: bool = False, workers: int | None = None,
                        validate: str = "full", skip_bad: bool = False, classes=None, stream: bool | None = None,
-                       **_) -> DataIndex:
-    """``root/<class>/*.npy``; class = folder name; per-file labels become ``axion_mass_ev`` / ``label``."""
+                       label_column: str | None = None, **_) -> DataIndex:
+    """``root/<class>/*.npy``; class = folder name; per-file labels become ``axion_mass_ev`` / ``label``.
+
+    ``label_column``: a ``metadata.csv`` column that replaces the folder as the label (e.g. ``is_lens``).
+    """
     root = Path(root)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {f: sorted(f.glob("*.npy")) for f in folders}
@@ -50,6 +53,7 @@ def read_class_folders(root: Path, *, allow_pickle: bool = False, workers: int |
     if validate == "quick":
         index = _quick_class_folders(root, paths, names, allow_pickle, workers, skip_bad, stream)
         if index is not None:
+            index.table = label_table(index.table, label_column, str(root))
             return index
     resident = keep_resident(len(paths) * _float32_bytes(paths[0]), stream)
     checked = check_items(root, names, lambda i: _read(paths[i], allow_pickle), workers=workers,
@@ -64,7 +68,8 @@ def read_class_folders(root: Path, *, allow_pickle: bool = False, workers: int |
         if images is None:
             raise DataError(f"{root}: the files do not share one .npy header (dtype or layout differ), so they "
                             "cannot be streamed; pack them first: python -m deeplense_tf.data.pack")
-    return DataIndex(images, table, str(root), "class_folders", checked.skipped)
+    return DataIndex(images, label_table(table, label_column, str(root)), str(root), "class_folders",
+                     checked.skipped)
 
 
 def _float32_bytes(path: Path) -> int:
@@ -164,9 +169,38 @@ def _join_metadata(root: Path, table: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"{meta_path} has no 'file' column to match rows to images")
     missing = table.loc[~table["file"].isin(meta["file"]), "file"].tolist()
     if missing:
-        raise DataError(f"{meta_path} has no row for {len(missing)} image(s), e.g. {', '.join(missing[:5])}")
+        raise DataError(f"{meta_path} has no row for {len(missing)} image(s): {_first(missing)}")
+    _check_metadata_rows(root, meta_path, meta, table)
     meta = meta.drop(columns=[c for c in meta.columns if c in table.columns and c != "file"])
     return table.merge(meta, on="file", how="left")
+
+
+def _first(names: list[str]) -> str:
+    """The first ``SHOW_PER_PROBLEM`` names and the total, for error messages."""
+    more = f" ... ({len(names)} in all)" if len(names) > SHOW_PER_PROBLEM else ""
+    return ", ".join(map(str, names[:SHOW_PER_PROBLEM])) + more
+
+
+def _check_metadata_rows(root: Path, meta_path: Path, meta: pd.DataFrame, table: pd.DataFrame) -> None:
+    """As many label rows as images: no file listed twice, none missing from disk, no infinite value.
+
+    Rows of files that exist but were skipped (``skip_bad``) are fine; NaN means "no label" (e.g. the
+    axion mass of a cdm image), but +-Inf is a broken label.
+    """
+    repeated = sorted(set(meta.loc[meta["file"].duplicated(), "file"].astype(str)))
+    if repeated:
+        raise DataError(f"{meta_path} lists {len(repeated)} file(s) more than once: {_first(repeated)}")
+    extra = [f for f in meta.loc[~meta["file"].isin(table["file"]), "file"].astype(str) if not (root / f).is_file()]
+    if extra:
+        raise DataError(f"{meta_path} has {len(meta)} rows but {len(table)} images: {len(extra)} row(s) name "
+                        f"files that do not exist: {_first(extra)}. Restore the files or remove their rows")
+    rows = meta[meta["file"].isin(table["file"])]
+    for column in rows.columns:
+        if pd.api.types.is_numeric_dtype(rows[column]):
+            infinite = rows.loc[np.isinf(rows[column].to_numpy(np.float64)), "file"].astype(str).tolist()
+            if infinite:
+                raise DataError(f"{meta_path}: column '{column}' is infinite for {len(infinite)} image(s): "
+                                f"{_first(infinite)}; labels must be finite (leave a cell empty for no label)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ log10 mass, vortex half-length, number and total mass of subhalos, Einstein radi
 position/magnitude/size, exposure, seed). Image <index> of a class depends only on
 (--seed, class, index): any --workers and any --shard split give the same images.
 An interrupted run resumes when started again with the same arguments.
+--format shards instead writes the project's packed shards (OUT/shard-*.npy,
+OUT/metadata.csv, OUT/pack.json; with --shard K/N one OUT/part-K-of-N/ per job),
+the fastest input for training: python -m deeplense_tf.train --data OUT.
 
 Example (a SLURM job array of 8 tasks, #SBATCH --array=0-7, filling one folder):
   python -m deeplense_tf.data.simulate --preset model_ii --n 30000 --seed 0 \\
@@ -60,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write only the K-th (from 0) of N contiguous index ranges of every class, with "
                          "the same per-image seeds as the full set; all shards may share one --out, the "
                          "last one to finish joins their metadata into metadata.csv")
+    ap.add_argument("--format", choices=("deeplense", "shards"), default="deeplense",
+                    help="deeplense (default): OUT/<class>/*.npy + metadata.csv, the released data's layout. "
+                         "shards: the same images packed as python -m deeplense_tf.data.pack writes them "
+                         "(memory-mapped .npy shards, the fastest for training); drawn in OUT/.simulation/ "
+                         "first, which is removed once packed")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -71,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard else None
         start = time.perf_counter()
+        if args.format == "shards":
+            from .sim_shards import simulate_packed as simulate
         out = simulate(args.preset, args.n, args.seed, args.out, workers=args.workers, noise=args.noise,
                        progress=not args.no_progress, geometry=args.geometry, shard=shard)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    print(f"wrote {args.preset} (n={args.n} per class, seed {args.seed}) to {out} in {seconds:.1f} s")
+    print(f"wrote {args.preset} (n={args.n} per class, seed {args.seed}, {args.format} format) to {out} "
+          f"in {seconds:.1f} s")
     return 0
 
 

@@ -4,6 +4,7 @@
 |---|---|---|
 | ``sim:<preset>`` | the prefix | built-in simulator, generated once and cached, then class folders |
 | project shards | ``pack.json`` (written by ``python -m deeplense_tf.data.pack``) | ``pack.read_shards`` |
+| shard parts | sub-folders that each hold a ``pack.json`` (``simulate --format shards --shard K/N``) | joined |
 | packed arrays | ``images.npy`` (+ ``labels.npy``), or one ``.npz`` / ``.npy`` file | ``readers_npy.read_packed`` |
 | HDF5 catalogue | an ``.h5`` / ``.hdf5`` file, or a folder holding exactly one | ``readers_astro.read_hdf5`` |
 | FITS cut-outs | ``Band<k>/`` folders (+ ``classifications.csv``) | ``readers_astro.read_fits_bands`` |
@@ -122,7 +123,7 @@ def split_spec(spec: str | Sequence[str]) -> list[str]:
 
 def _load_one(spec: str, **options) -> DataIndex:
     from deeplense_tf.data import readers_astro, readers_npy
-    from deeplense_tf.data.pack import MANIFEST, read_shards
+    from deeplense_tf.data.pack import MANIFEST, pack_parts, read_shards
 
     if spec.startswith("sim:"):
         from deeplense_tf.data.simulate import cached_simulation
@@ -134,6 +135,10 @@ def _load_one(spec: str, **options) -> DataIndex:
         raise DataError(f"--data {spec}: no such file or folder (or use sim:<preset> for simulated data)")
     if path.is_dir() and (path / MANIFEST).is_file():
         return read_shards(path, **options)
+    parts = pack_parts(path) if path.is_dir() and not split_folders(path) else []
+    if parts:  # simulator --format shards --shard K/N: one packed folder per job
+        return join_indexes([read_shards(part, **options) for part in parts], root=path,
+                            skip_bad=options["skip_bad"])
     if path.suffix.lower() in readers_astro.HDF5_SUFFIXES or (path.is_dir() and readers_astro.find_hdf5(path)):
         return readers_astro.read_hdf5(path, **options)
     if path.is_file() or (path / "images.npy").is_file():
@@ -168,23 +173,28 @@ def join_indexes(indexes: list[DataIndex], root: Path | None = None, splits: lis
     if len(shapes) > 1:
         where = "; ".join(f"{ix.root}: {tuple(ix.images.shape[1:])}" for ix in indexes)
         raise DataError(f"the data sets to join have different image shapes ({where}); resize or keep them apart")
-    roots = [Path(ix.root) for ix in indexes]
-    base = Path(root) if root else Path(os.path.commonpath([r if r.is_dir() else r.parent for r in roots]))
-    tables = []
+    folders = [_folder_of(ix.root) for ix in indexes]
+    known = [f for f in folders if f is not None]
+    base = Path(root).resolve() if root else Path(os.path.commonpath(known)) if known else None
+    tables, skipped = [], []
     for i, ix in enumerate(indexes):
         table = ix.table.copy()
-        prefix = Path(ix.root).relative_to(base) if Path(ix.root).is_relative_to(base) else Path(ix.root)
-        if Path(ix.root).is_dir() and str(prefix) != ".":
-            table["file"] = [str(prefix / f) for f in table["file"]]
-        if splits:
+        skipped += ix.skipped
+        if folders[i] is not None and base is not None:
+            prefix = folders[i].relative_to(base) if folders[i].is_relative_to(base) else folders[i]
+            if str(prefix) != ".":
+                table["file"] = [str(prefix / f) for f in table["file"]]
+                skipped[len(skipped) - len(ix.skipped):] = [(str(prefix / f), why) for f, why in ix.skipped]
+        if splits and splits[i] is not None:
             table["split"] = splits[i]
+        elif splits and "split" not in table:
+            table["split"] = "train"
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
     repeated = table["file"][table["file"].duplicated()].tolist()
     if repeated:
         raise DataError(f"the same file is listed more than once ({len(repeated)} file(s), e.g. "
                         f"{', '.join(repeated[:5])}): a folder is given twice in --data?")
-    skipped = [s for ix in indexes for s in ix.skipped]
     name = str(root) if root else ",".join(ix.root for ix in indexes)
     if any(isinstance(ix.images, LazyImages) for ix in indexes):
         from deeplense_tf.data.pack import ConcatImages
@@ -206,6 +216,32 @@ def join_indexes(indexes: list[DataIndex], root: Path | None = None, splits: lis
             images, table = images[keep], table.iloc[keep].reset_index(drop=True)
     layout = "+".join(sorted({ix.layout for ix in indexes}))
     return DataIndex(images, table, name, layout, skipped)
+
+
+def _folder_of(root: str) -> Path | None:
+    """The folder a part's ``file`` names are relative to (absolute); None for an already joined part."""
+    path = Path(root)
+    if not path.exists():
+        return None
+    return (path if path.is_dir() else path.parent).resolve()
+
+
+def load_splits(train: str | Sequence[str], val: str | Sequence[str] | None = None,
+                test: str | Sequence[str] | None = None, **options) -> DataIndex:
+    """``--data`` plus explicit ``--val-data`` / ``--test-data``, joined with a ``split`` column.
+
+    Rows of ``train`` keep a split of their own (``train/`` + ``test/`` folders); a split given
+    both ways is an error. The same image in two sets is refused (or dropped with ``skip_bad``).
+    """
+    explicit = {name: spec for name, spec in (("val", val), ("test", test)) if spec is not None}
+    parts = [load_data(train, **options)]
+    own = set(parts[0].table["split"].astype(str)) if "split" in parts[0].table else set()
+    twice = sorted(own & set(explicit))
+    if twice:
+        raise DataError(f"--data {parts[0].root} already has its own {' and '.join(twice)} folder(s); "
+                        f"drop --{twice[0]}-data or give only the training folder as --data")
+    parts += [load_data(spec, **options) for spec in explicit.values()]
+    return join_indexes(parts, splits=[None, *explicit], skip_bad=options.get("skip_bad", False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,6 +139,19 @@ AUTOENCODERS = {
 }
 
 
+def reconstruction_model(model: keras.Model) -> keras.Model:
+    """The autoencoder's images -> (standardised image, reconstruction) at inference, for plots.
+
+    Both are the two inputs of its ``ReconstructionScore`` layer, so the pair is exactly what
+    the anomaly score compares.
+    """
+    layer = next((each for each in model.layers if isinstance(each, ReconstructionScore)), None)
+    if layer is None:
+        raise ConfigError(f"{model.name} is not an autoencoder of deeplense_tf: it has no ReconstructionScore layer")
+    standardised, reconstruction = layer.input
+    return keras.Model(model.inputs, [standardised, reconstruction], name=f"{model.name}_reconstruction")
+
+
 def create_autoencoder(name: str, input_shape: tuple[int, int, int], image_size: int | None = None,
                        seed: int | None = None, augment=()) -> keras.Model:
     if name not in AUTOENCODERS:

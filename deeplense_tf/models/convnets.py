@@ -2,7 +2,7 @@
 
     python -m deeplense_tf.train --arch convnext_atto      # --list-archs 'res*' lists the ResNets
 
-ConvNeXt atto/femto/pico/nano, ResNeXt-50/101 (32x4d), ResNet-200, ECA-ResNet-50,
+ConvNeXt atto/femto/pico/nano, ResNet-18/34 and XResNet-18/34 (basic blocks), ResNeXt-50/101 (32x4d), ResNet-200, ECA-ResNet-50,
 CSPResNet-50, DenseNet-264 and EfficientNet-lite0, after the timm recipes (layer counts,
 widths, zero-initialised last BatchNorm of each residual branch). All are trained from
 scratch here (no ImageNet weights), channels-last, and build at 32 px and above.
@@ -171,6 +171,24 @@ def bottleneck(x, width: int, out: int, strides: int = 1, groups: int = 1, atten
     return activation(residual(shortcut, y, drop, name), act, f"{name}_out")
 
 
+def basic_block(x, out: int, strides: int = 1, act: str = "relu", drop: float = 0.0, avg_down: bool = False,
+                name: str = "block"):
+    """ResNet-18/34 basic block: two 3x3 convolutions. ``avg_down`` (XResNet, "bag of tricks"):
+    the downsampling shortcut average-pools before its 1x1 convolution instead of striding it,
+    so it sees every pixel."""
+    shortcut = x
+    if strides != 1 or x.shape[-1] != out:
+        if avg_down and strides != 1:
+            shortcut = keras.layers.AveragePooling2D(strides, padding="same", name=f"{name}_down_pool")(shortcut)
+            strides_1x1 = 1
+        else:
+            strides_1x1 = strides
+        shortcut = conv_bn(shortcut, out, 1, strides_1x1, act=None, name=f"{name}_down")
+    y = conv_bn(x, out, 3, strides, act=act, name=f"{name}_1")
+    y = conv_bn(y, out, 3, act=None, name=f"{name}_2", zero_gamma=True)
+    return activation(residual(shortcut, y, drop, name), act, f"{name}_out")
+
+
 def resnet_stem(x, filters: int = 64, act: str = "relu"):
     x = conv_bn(x, filters, 7, 2, act=act, name="stem")
     return keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
@@ -237,6 +255,26 @@ def resnet(input_shape, depths, width=64, groups=1, attention=None, drop_path_ra
         for b in range(depth):
             x = bottleneck(x, width * 2 ** s, 256 * 2 ** s, 2 if (s and not b) else 1, groups, attention,
                            drop=next(rates), name=f"stage{s}_block{b}")
+    return _pooled(inputs, x, name)
+
+
+def resnet_basic(input_shape, depths, xresnet: bool = False, drop_path_rate=0.0, name="resnet18"):
+    """ResNet-18/34 (basic blocks, widths 64-512). ``xresnet``: fastai's XResNet tweaks (a stem
+    of three 3x3 convolutions 32-32-64 instead of one 7x7, average-pool shortcuts), the
+    backbone of the best published DeepLense axion-mass regression (DOMAIN.md)."""
+    inputs = keras.Input(input_shape)
+    if xresnet:
+        x = conv_bn(inputs, 32, 3, 2, name="stem_1")
+        x = conv_bn(x, 32, 3, name="stem_2")
+        x = conv_bn(x, 64, 3, name="stem_3")
+        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+    else:
+        x = resnet_stem(inputs)
+    rates = iter(drop_rates(depths, drop_path_rate))
+    for s, depth in enumerate(depths):
+        for b in range(depth):
+            x = basic_block(x, 64 * 2 ** s, 2 if (s and not b) else 1, drop=next(rates), avg_down=xresnet,
+                            name=f"stage{s}_block{b}")
     return _pooled(inputs, x, name)
 
 
@@ -325,6 +363,14 @@ CONVNETS = (
                                         name="convnext_pico"), "convnext", "ConvNeXt-pico (timm), 8.5M"),
     ("convnext_nano", functools.partial(convnext, depths=(2, 2, 8, 2), dims=(80, 160, 320, 640),
                                         name="convnext_nano"), "convnext", "ConvNeXt-nano (timm), 15M"),
+    ("resnet18", functools.partial(resnet_basic, depths=(2, 2, 2, 2), name="resnet18"),
+     "resnet", "ResNet-18 (basic blocks, torchvision layout), 11.2M"),
+    ("resnet34", functools.partial(resnet_basic, depths=(3, 4, 6, 3), name="resnet34"),
+     "resnet", "ResNet-34 (basic blocks); the published DeepLense Model II regression baseline"),
+    ("xresnet18", functools.partial(resnet_basic, depths=(2, 2, 2, 2), xresnet=True, name="xresnet18"),
+     "resnet", "XResNet-18 (fastai: 3-conv stem, average-pool shortcuts)"),
+    ("xresnet34", functools.partial(resnet_basic, depths=(3, 4, 6, 3), xresnet=True, name="xresnet34"),
+     "resnet", "XResNet-34 (fastai: 3-conv stem, average-pool shortcuts)"),
     ("resnext50", functools.partial(resnet, depths=(3, 4, 6, 3), width=128, groups=32, name="resnext50"),
      "resnext", "ResNeXt-50 32x4d; grouped 3x3 as GroupedConv2D (split-concat)"),
     ("resnext101", functools.partial(resnet, depths=(3, 4, 23, 3), width=128, groups=32, name="resnext101"),

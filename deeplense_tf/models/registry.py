@@ -203,6 +203,7 @@ BUILTIN_MODULES = (
     "deeplense_tf.models.convnets",
     "deeplense_tf.models.transformers",
     "deeplense_tf.models.fusion",
+    "deeplense_tf.models.deeplens_resnet",
 )
 for _module in BUILTIN_MODULES:
     if importlib.util.find_spec(_module) is not None:

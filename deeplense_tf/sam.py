@@ -1,0 +1,61 @@
+"""Sharpness-aware minimisation (Foret et al. 2021, arXiv:2010.01412) around any optimiser.
+
+Each step: gradient g at the weights w, climb to w + rho * g / |g| (the worst nearby point to
+first order), take the gradient there, step from w with it using the run's own optimiser
+(Adam, AdamW, SGD; its schedule and clipping). Two forward/backward passes a step.
+
+``enable_sam`` replaces the train step of one model instance; the model stays a plain
+functional model, so checkpoints, ``.keras`` files and the SavedModel are unchanged and
+``--resume`` calls ``enable_sam`` again on the loaded model.
+"""
+
+from __future__ import annotations
+
+import types
+
+import keras
+import tensorflow as tf
+
+
+def _loss(model, x, y, sample_weight):
+    y_pred = model(x, training=True)
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    return y_pred, loss
+
+
+def sam_train_step(self, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    variables = self.trainable_variables
+    with tf.GradientTape() as tape:
+        y_pred, loss = _loss(self, x, y, sample_weight)
+        scaled = self.optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled, variables)
+    norm = tf.linalg.global_norm([g for g in grads if g is not None])
+    scale = self._sam_rho / (norm + 1e-12)
+    steps = [None if g is None else tf.cast(g * scale, v.dtype) for g, v in zip(grads, variables)]
+    for v, e in zip(variables, steps):
+        if e is not None:
+            v.assign_add(e)
+    with tf.GradientTape() as tape:
+        _, perturbed = _loss(self, x, y, sample_weight)
+        perturbed = self.optimizer.scale_loss(perturbed)
+    sharp_grads = tape.gradient(perturbed, variables)
+    for v, e in zip(variables, steps):
+        if e is not None:
+            v.assign_sub(e)
+    self.optimizer.apply_gradients(zip(sharp_grads, variables))
+    first = next(t for t in tf.nest.flatten(x) if t is not None)
+    self._loss_tracker.update_state(loss, sample_weight=tf.shape(first)[0])
+    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def enable_sam(model: keras.Model, rho: float) -> keras.Model:
+    """Make ``model.fit`` take SAM steps of radius ``rho`` (call before the first ``fit``)."""
+    if rho <= 0:
+        return model
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError("SAM is implemented for the TensorFlow backend only")
+    model._sam_rho = float(rho)
+    model.train_step = types.MethodType(sam_train_step, model)
+    model.train_function = None  # retrace with the new step
+    return model

@@ -1,0 +1,145 @@
+"""--strategy: two MultiWorkerMirroredStrategy workers on 127.0.0.1, mirrored / one-device on the CPU,
+TF_CONFIG errors, and the hand-driven training loop (fit_distributed) against model.fit's contract."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from deeplense_tf import distributed, train
+from deeplense_tf.config import RunConfig, replace
+from deeplense_tf.errors import ConfigError
+
+COMMON = ["--arch", "mobilenet_v3_small", "--task", "classification", "--samples", "12", "--batch-size", "4",
+          "--workers", "2", "--image-size", "32"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tf_config(index: int, ports: list[int], chief: bool = False) -> str:
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    if chief:
+        cluster = {"chief": cluster["worker"][:1], "worker": cluster["worker"][1:]}
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
+def test_two_workers_train_in_step_and_only_the_chief_writes(sim_cache, tmp_path):
+    from deeplense_tf.data.prepare import prepare_data
+
+    prepare_data(replace(RunConfig(), data={"samples": 12}))  # simulate once, before two processes read it
+    ports = [_free_port(), _free_port()]
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": _tf_config(i, ports)}
+        argv = [sys.executable, "-m", "deeplense_tf.train", *COMMON, "--epochs", "2", "--strategy", "multiworker",
+                "--out", str(tmp_path / f"w{i}")]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n-----\n".join(o[-3000:] for o in outs)
+    # The same epoch lines on both: all-reduced loss and metrics, identical step for step.
+    epochs = [re.findall(r"(?m)^\d+/\d+ - .*?step - (.*)$", o) for o in outs]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1], epochs
+    (chief,), (worker,) = [list((tmp_path / f"w{i}").iterdir()) for i in range(2)]
+    for name in ("checkpoints/last.keras", "checkpoints/best.keras", "export/saved_model", "metrics.json"):
+        assert (chief / name).exists() and not (worker / name).exists(), name
+    assert pd.read_csv(chief / "history.csv")["epoch"].tolist() == [0, 1]
+    assert json.loads((chief / "checkpoints" / "state.json").read_text())["epochs_done"] == 2
+    assert json.loads((worker / "config.json").read_text())["train"]["strategy"] == "multiworker"
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "one-device"])
+def test_single_machine_strategies_finish(sim_cache, tmp_path, strategy):
+    assert train.main([*COMMON, "--epochs", "1", "--strategy", strategy, "--out", str(tmp_path)]) == 0
+    (run,) = list(tmp_path.iterdir())
+    assert (run / "checkpoints" / "last.keras").is_file() and (run / "export" / "saved_model").is_dir()
+    assert json.loads((run / "config.json").read_text())["train"]["strategy"] == strategy
+
+
+@pytest.mark.parametrize("value", [None, "not json", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", '
+                                                  '"index": 3}}'])
+def test_multiworker_without_a_valid_tf_config_says_so(tmp_path, monkeypatch, capsys, value):
+    if value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", value)
+    assert train.main([*COMMON, "--strategy", "multiworker", "--out", str(tmp_path)]) == 2
+    assert "TF_CONFIG" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_chief_and_worker_shares(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", _tf_config(1, [1, 2, 3]))
+    assert not distributed.is_chief() and distributed.worker_place() == (1, 3)
+    x, y = np.arange(10) * 10, np.arange(10)
+    shares = []
+    for i in range(3):
+        monkeypatch.setenv("TF_CONFIG", _tf_config(i, [1, 2, 3]))
+        xs, ys, batch = distributed.worker_share(x, y, 6, replicas=3)
+        assert batch == 2 and len(ys) == 3 and np.all(xs == ys * 10)
+        shares.append(ys)
+    assert distributed.is_chief() is False  # index 2
+    assert len(np.unique(np.concatenate(shares))) == 9  # disjoint, one image left out
+    with pytest.raises(ConfigError, match="divisible"):
+        distributed.worker_share(x, y, 5, replicas=3)
+    monkeypatch.setenv("TF_CONFIG", _tf_config(0, [1, 2, 3], chief=True))
+    assert not distributed.is_chief()  # worker 0 is not the chief when the cluster names one
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["h:1"], "worker": ["h:2"]},
+                                                "task": {"type": "chief", "index": 0}}))
+    assert distributed.is_chief() and distributed.worker_place() == (0, 2)
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self, stop_at_epoch):
+        super().__init__()
+        self.calls, self.stop_at_epoch = [], stop_at_epoch
+
+    def on_train_begin(self, logs=None):
+        self.calls.append("train_begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(f"epoch_begin {epoch}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        assert set(logs) == {"loss", "mae"}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(f"epoch_end {epoch} {sorted(logs)}")
+        self.model.stop_training = epoch == self.stop_at_epoch
+
+    def on_train_end(self, logs=None):
+        self.calls.append("train_end")
+
+
+def test_fit_distributed_drives_callbacks_like_fit():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 3)).astype("float32"), rng.normal(size=(24, 1)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", metrics=[keras.metrics.MeanAbsoluteError(name="mae")])
+    before = model.evaluate(data, verbose=0, return_dict=True)
+    recorder = Recorder(stop_at_epoch=2)
+    history = distributed.fit_distributed(model, data, data, epochs=5, initial_epoch=1, callbacks=[recorder], verbose=0)
+    keys = ["loss", "mae", "val_loss", "val_mae"]
+    assert recorder.calls == ["train_begin", "epoch_begin 1", f"epoch_end 1 {keys}", "epoch_begin 2",
+                              f"epoch_end 2 {keys}", "train_end"]
+    assert history.epoch == [1, 2] and sorted(history.history) == keys
+    after = model.evaluate(data, verbose=0, return_dict=True)
+    assert after["loss"] < before["loss"]
+    np.testing.assert_allclose(history.history["val_loss"][-1], after["loss"], rtol=1e-5)
