@@ -38,21 +38,24 @@ TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:
                      '"task": {"type": "worker", "index": 0}}\'')
 
 
+# One machine: from the GPUs TensorFlow sees (an empty list on a CPU-only machine).
+LOCAL_STRATEGIES = {
+    "auto": lambda gpus: tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy(),
+    "mirrored": lambda gpus: tf.distribute.MirroredStrategy(),  # all local GPUs; the CPU when there are none
+    "one-device": lambda gpus: tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0"),
+}
+
+
 def make_strategy(name: str, device: str = "auto") -> tf.distribute.Strategy:
     """The strategy for ``--strategy name``; call before any other TensorFlow op (MultiWorker needs it)."""
     if name not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {STRATEGIES}. Received: strategy={name!r}")
     if device == "cpu":
         tf.config.set_visible_devices([], "GPU")
-    if name == "multiworker":
+    if name == "multiworker":  # before listing devices: that starts the runtime without the cluster
         tf_config()  # a clear error before TensorFlow tries to reach the other workers
         return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()  # all local GPUs; the CPU when there are none
-    if name == "one-device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return LOCAL_STRATEGIES[name](tf.config.list_logical_devices("GPU"))
 
 
 def tf_config() -> dict:
@@ -98,17 +101,35 @@ def worker_place() -> tuple[int, int]:
     return index, chiefs + len(cluster.get("worker", []))
 
 
-def worker_share(x, y, batch_size: int, replicas: int) -> tuple[object, np.ndarray, int]:
-    """This worker's training rows and the per-replica batch (``batch_size`` is global, over
-    ``replicas`` = all GPUs of all workers): rows ``index::workers`` of the first
+def worker_share(x, y, batch_size: int, replicas: int, index: int = 0,
+                 workers: int = 1) -> tuple[object, np.ndarray, int]:
+    """Worker ``index``'s training rows and the per-replica batch (``batch_size`` is global, over
+    ``replicas`` = all GPUs of all ``workers``): rows ``index::workers`` of the first
     ``workers * (n // workers)``, equal shares so that every worker runs the same number of
     steps (at most workers - 1 images are left out)."""
-    index, workers = worker_place()
     if batch_size % replicas:
         raise ConfigError(f"--batch-size is the global batch and must be divisible by the {replicas} replicas "
-                          f"({workers} workers in TF_CONFIG). Received: batch_size={batch_size}")
+                          f"({workers} worker(s), {replicas // workers} device(s) each). "
+                          f"Received: batch_size={batch_size}")
+    if workers == 1:
+        return x, y, batch_size // replicas
     rows = np.arange(index, workers * (len(y) // workers), workers)
     return x[rows], y[rows], batch_size // replicas
+
+
+def strategy_share(strategy: tf.distribute.Strategy, x, y, batch_size: int) -> tuple[object, np.ndarray, int]:
+    """``worker_share`` for this process under ``strategy`` (one worker unless MultiWorker)."""
+    place = worker_place() if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else (0, 1)
+    return worker_share(x, y, batch_size, strategy.num_replicas_in_sync, *place)
+
+
+def distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """Each replica reads its own batches of ``dataset`` as they are. (``fit`` would otherwise pass it
+    through ``experimental_distribute_dataset``, whose rebatching rewrite turned the pipeline's
+    ``rebatch`` into whole blocks of rows a step: 1 step of 24 images instead of 6 of 4.)"""
+    if strategy is tf.distribute.get_strategy():
+        return dataset
+    return strategy.distribute_datasets_from_function(lambda _: dataset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +177,8 @@ def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.da
     """``model.fit`` for strategies whose ``fit`` fails (MultiWorkerMirroredStrategy).
 
     ``train_ds`` / ``val_ds``: this worker's batches (per-replica size). Every worker must call this
-    with the same number of training batches; ``chief=False`` drops the callbacks that write files
-    (their collective reads still happen on every worker, in the steps).
+    with the same number of training batches. ``chief=False`` drops the callbacks that write files;
+    they run outside the strategy's scope, so they start no collective op that the others would miss.
     """
     from deeplense_tf.batchnorm import RecalibrateBatchNorm
     from deeplense_tf.callbacks import AtomicCheckpoint
@@ -166,7 +187,8 @@ def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.da
     chief_only = (AtomicCheckpoint, keras.callbacks.CSVLogger, keras.callbacks.TensorBoard,
                   keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore)
     # Recalibrating BatchNorm outside the replicas would give each worker its own statistics.
-    kept = [c for c in callbacks if not isinstance(c, RecalibrateBatchNorm) and (chief or not isinstance(c, chief_only))]
+    kept = [c for c in callbacks
+            if not isinstance(c, RecalibrateBatchNorm) and (chief or not isinstance(c, chief_only))]
     history = keras.callbacks.History()
     local = strategy.extended.worker_devices  # replicas on this worker: each takes its own batch
     steps = max(1, int(train_ds.cardinality()) // len(local))
@@ -175,8 +197,8 @@ def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.da
     # Callbacks run outside the strategy's scope: a variable created there (model.save creates some) would
     # be a collective broadcast that the other workers never join. Epoch starts stay inside it, so that
     # --unfreeze-at builds its new optimizer's variables as distributed ones, on every worker alike.
-    train_dist = strategy.distribute_datasets_from_function(lambda _: train_ds)
-    val_dist = strategy.distribute_datasets_from_function(lambda _: val_ds) if val_ds is not None else None
+    train_dist = distribute(strategy, train_ds)
+    val_dist = distribute(strategy, val_ds) if val_ds is not None else None
     model.stop_training, epoch_logs = False, None
     train_step, key = _train_function(model, strategy), _step_key(model)
     test_step = _test_function(model, strategy)

@@ -15,6 +15,7 @@ import types
 
 import keras
 import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution  # what Keras' train_step uses
 
 
 def _loss(model, x, y, sample_weight):
@@ -45,7 +46,8 @@ def sam_train_step(self, data):
             v.assign_sub(e)
     self.optimizer.apply_gradients(zip(sharp_grads, variables))
     first = next(t for t in tf.nest.flatten(x) if t is not None)
-    self._loss_tracker.update_state(loss, sample_weight=tf.shape(first)[0])
+    # As Keras' own train step: under a strategy the loss is scaled by 1/replicas for the gradient sum.
+    self._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=tf.shape(first)[0])
     return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 

@@ -22,7 +22,7 @@ from deeplense_tf.callbacks import AtomicCheckpoint, LogLearningRate, StopOnNaN
 from deeplense_tf.config import RunConfig, TrainConfig, replace
 from deeplense_tf.data.pipeline import create_dataset
 from deeplense_tf.data.prepare import PreparedData, check_split, prepare_data, split_table
-from deeplense_tf.distributed import fit_distributed, is_chief, make_strategy, on_chief, worker_share
+from deeplense_tf.distributed import distribute, fit_distributed, is_chief, make_strategy, on_chief, strategy_share
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.evaluate import evaluate_predictions, predict, summary_line
 from deeplense_tf.export import export_run
@@ -142,9 +142,9 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
     task = get_task(config.model.task)
     x_train, y_train = data.subset("train")
     x_val, y_val = data.subset("val")
-    batch = t.batch_size
-    if t.strategy == "multiworker":  # this worker's rows; the global batch split over all replicas
-        x_train, y_train, batch = worker_share(x_train, y_train, batch, model.distribute_strategy.num_replicas_in_sync)
+    strategy, batch = model.distribute_strategy, t.batch_size
+    if strategy is not tf.distribute.get_strategy():  # this worker's rows; the global batch split over the replicas
+        x_train, y_train, batch = strategy_share(strategy, x_train, y_train, batch)
     train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed,
                               balance=t.balance, first_epoch=initial_epoch)  # a resumed run: the same batches
     if t.class_weights == "balanced" and task.name in ("classification", "lens_finding"):
@@ -185,8 +185,9 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
         if t.strategy == "multiworker":  # Keras' fit fails under MultiWorkerMirroredStrategy (STACK.md)
             history = fit_distributed(model, train_ds, val_ds, t.epochs, initial_epoch, callbacks, chief=is_chief())
         else:
-            history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
-                                callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+            history = model.fit(distribute(strategy, train_ds), validation_data=distribute(strategy, val_ds),
+                                epochs=t.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+                                verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (train.main turns it into this)
         done = runs.read_json(state_path)["epochs_done"] if state_path.exists() else 0
         raise UserError(f"interrupted; {done} complete epoch(s) are saved in {run_dir}. Continue with: "

@@ -48,3 +48,41 @@ def test_killed_run_resumes(tmp_path, sig):
     assert train.main(["--resume", str(run)]) == 0
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2]
     assert (run / "export" / "saved_model").is_dir()
+
+
+def test_repeated_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path):
+    """Killed twice at random moments, resumed each time: every checkpoint stays loadable, the
+    run completes, and its learning-rate schedule (the optimiser's step counter, restored from
+    the checkpoint) is exactly that of an uninterrupted run."""
+    import random
+
+    rng = random.Random(7)
+    epochs = 3
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    proc = _start(reference, epochs)
+    assert proc.wait(timeout=600) == 0, proc.communicate()[1][-2000:]
+    (expected_run,) = (reference / "runs").iterdir()
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    proc = _start(killed, epochs)
+    run = _wait_for_epoch(killed, proc, 1)
+    for round_ in range(2):
+        time.sleep(rng.uniform(0.0, 2.0))  # a random step of the epoch in progress (or its checkpoint write)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=120)
+        assert not list(run.rglob(".*.tmp*")), "a temporary file was left behind"
+        keras.models.load_model(run / "checkpoints" / "last.keras")
+        done = json.loads((run / "checkpoints" / "state.json").read_text())["epochs_done"]
+        if round_ == 1 or done >= epochs - 1:
+            break
+        proc = subprocess.Popen([sys.executable, "-m", "deeplense_tf.train", "--resume", str(run)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        _wait_for_epoch(killed, proc, done + 1)
+    assert train.main(["--resume", str(run)]) == 0
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == list(range(epochs))
+    expected = pd.read_csv(expected_run / "history.csv")
+    pd.testing.assert_series_equal(history["learning_rate"], expected["learning_rate"], rtol=1e-6)
+    assert json.loads((run / "metrics.json").read_text())["n"] == json.loads((expected_run / "metrics.json").read_text())["n"]

@@ -26,7 +26,9 @@ from typing import Any
 from deeplense_tf.config import OPTIMIZERS, RunConfig, replace
 from deeplense_tf.errors import ConfigError
 
-DEFAULT_ARCHS = ("mobilenet_v3_small", "efficientnet_b0", "resnet50_v2")
+# resnet18 first: on the default CPU job it learnt the axion mass where efficientnet_b0 stayed at
+# the mean predictor (BENCHMARKS.md, "Default main job").
+DEFAULT_ARCHS = ("resnet18", "xresnet18", "mobilenet_v3_small", "efficientnet_b0")
 
 # The knobs the DeepLense regression studies tuned by hand, at ranges that train on a CPU.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from deeplense_tf import losses, schedules  # noqa: F401  (register what checkpoints' compile configs name)
 from deeplense_tf.config import ModelConfig
 from deeplense_tf.data.augment import augmentation_layers
 from deeplense_tf.models import heads
