@@ -19,6 +19,7 @@ TASKS = ("regression", "classification", "lens_finding", "anomaly")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
 SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+NORMALIZATIONS = ("standardize", "minmax", "asinh", "clip")
 LOSSES = (None, "mse", "huber", "mae")
 CLASS_WEIGHTS = ("none", "balanced")
 VALIDATE_MODES = ("full", "quick")
@@ -90,6 +91,16 @@ class ModelConfig:
     freeze_backbone: bool = False
     # With freeze_backbone: epochs 1..N train the head only, then the whole network; None = frozen throughout.
     unfreeze_at: int | None = None
+    # Per-image scaling, the first layer of the model (so exports apply it too): standardize, minmax,
+    # asinh (standardise, then asinh stretch) or clip (standardise, clip to -3..10 sigma, standardise).
+    normalization: str = "standardize"
+    # Extra augmentation: random shifts up to this fraction of the side; Gaussian noise of this std
+    # (standardised units). 0 = off.
+    shift: float = 0.0
+    noise: float = 0.0
+    # Flips / rotations in the tf.data pipeline on the CPU instead of in the model (for comparison:
+    # BENCHMARKS.md "Input pipeline"); shift and noise stay model-only.
+    augment_in_pipeline: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,9 @@ class TrainConfig:
     bn_recalibration: int = 20
     # mixed_float16 on GPUs, mixed_bfloat16 on CPUs; the last layer and the loss stay float32.
     mixed_precision: bool = False
+    # Batches in the same order every run (reproducible by seed); False lets parallel reads finish
+    # out of order, about a third faster for per-file data (BENCHMARKS.md) but not reproducible.
+    deterministic: bool = True
     # Class-balanced training batches (classification, lens finding): imbalance such as 1 lens in 100
     # would otherwise teach "never a lens"; validation and test keep the real class mix.
     balance: bool = False
@@ -193,6 +207,10 @@ def validate(config: RunConfig) -> None:
         (m.task in TASKS, f"task must be one of {TASKS}. Received: task={m.task!r}"),
         (t.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={t.optimizer!r}"),
         (t.device in DEVICES, f"device must be one of {DEVICES}. Received: device={t.device!r}"),
+        (m.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}. "
+         f"Received: {m.normalization!r}"),
+        (0 <= m.shift < 0.5, f"shift must be in [0, 0.5). Received: {m.shift}"),
+        (m.noise >= 0, f"noise must be >= 0. Received: {m.noise}"),
         (t.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}. Received: schedule={t.schedule!r}"),
         (t.loss in LOSSES, f"loss must be one of {LOSSES[1:]} (regression only). Received: loss={t.loss!r}"),
         (t.loss is None or m.task == "regression", f"--loss applies to regression only. Received: loss={t.loss!r} "

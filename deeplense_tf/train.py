@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from deeplense_tf.cli import prepare_environment, run_cli
-from deeplense_tf.config import CLASS_WEIGHTS, DEVICES, LOSSES, OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from deeplense_tf.config import CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"widths of the regression head's two Dense layers (default {m.fc_units})")
     model.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                        help="switch off the random flips / 90-degree rotations during training")
+    model.add_argument("--shift", type=float, help="also shift images randomly by up to this fraction of the side "
+                       "(e.g. 0.05; default 0)")
+    model.add_argument("--noise", type=float, help="also add Gaussian noise of this std to the standardised "
+                       "images (default 0)")
+    model.add_argument("--augment-in-pipeline", action="store_true", default=None,
+                       help="flips / rotations in the tf.data pipeline (CPU) instead of the model, for comparison")
+    model.add_argument("--normalization", choices=NORMALIZATIONS,
+                       help=f"per-image scaling inside the model (default {m.normalization}): minmax to [0, 1]; "
+                       "asinh stretch; clip to -3..10 sigma")
     model.add_argument("--freeze-backbone", action="store_true", default=None,
                        help="fine-tuning: train the head only, backbone weights and BatchNorm statistics fixed")
     model.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
@@ -102,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="draw every class equally often in training batches (imbalanced sets, e.g. 1 lens in 100); "
                      "validation and test keep the real mix")
     run = p.add_argument_group("Run")
+    run.add_argument("--nondeterministic", dest="deterministic", action="store_false", default=None,
+                     help="let parallel reads deliver batches out of order: faster, not reproducible")
     run.add_argument("--seed", type=int, help=f"seeds data, split, initialisation and augmentation (default {t.seed})")
     run.add_argument("--device", choices=DEVICES, help="cpu, gpu (all local GPUs, mirrored), auto (default)")
     run.add_argument("--strategy", choices=STRATEGIES,

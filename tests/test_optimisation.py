@@ -223,3 +223,44 @@ def test_recalibration_follows_layers_unfrozen_later():
     bn.trainable = True
     assert recalibrate(tf.data.Dataset.from_tensor_slices(x).batch(32)) == 4
     np.testing.assert_allclose(bn.moving_mean.numpy(), x.sum(axis=1).mean(), rtol=0.05)
+
+
+@pytest.mark.parametrize("mode", ["minmax", "asinh", "clip"])
+def test_normalizations(mode):
+    from deeplense_tf.models.preprocess import PerImageNormalize
+
+    rng = np.random.default_rng(2)
+    x = (100.0 + 5.0 * rng.standard_normal((3, 16, 16, 1))).astype("float32")
+    x[0, 3, 3, 0] = 1e6  # a hot pixel
+    y = np.asarray(PerImageNormalize(mode)(x))
+    assert y.shape == x.shape and np.isfinite(y).all()
+    if mode == "minmax":
+        np.testing.assert_allclose(y.min(axis=(1, 2, 3)), 0, atol=1e-6)
+        np.testing.assert_allclose(y.max(axis=(1, 2, 3)), 1, atol=1e-6)
+    elif mode == "asinh":
+        assert y[0].max() < 6  # asinh(255 sigma) ~ 6.2 compresses the hot pixel
+    else:
+        def standardize(a):
+            return (a - a.mean(axis=(1, 2, 3), keepdims=True)) / a.std(axis=(1, 2, 3), keepdims=True)
+
+        np.testing.assert_allclose(y, standardize(np.clip(standardize(x.astype("float64")), -3, 10)), atol=1e-3)
+    again = PerImageNormalize.from_config(PerImageNormalize(mode).get_config())
+    assert again.mode == mode
+
+
+def test_model_options_reach_the_model():
+    from deeplense_tf.models.build import create_model
+
+    config = replace(RunConfig(), model={"arch": "mobilenet_v3_small", "task": "classification",
+                                         "normalization": "asinh", "shift": 0.1, "noise": 0.05})
+    model = create_model(config.model, (32, 32, 1), n_classes=3, seed=0)
+    names = [layer.name for layer in model.layers]
+    assert "random_shift" in names and "random_noise" in names
+    assert any(type(layer).__name__ == "PerImageNormalize" for layer in model.layers)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), np.asarray(model(x, training=False)))
+    in_pipeline = replace(config, model={"augment_in_pipeline": True})
+    names = [layer.name for layer in create_model(in_pipeline.model, (32, 32, 1), n_classes=3).layers]
+    assert not any(name.startswith("random_") for name in names)
+    with pytest.raises(ConfigError, match="normalization"):
+        replace(RunConfig(), model={"normalization": "log"})

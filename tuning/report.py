@@ -144,6 +144,8 @@ def train_command(config: RunConfig) -> str:
                 continue
             if name == "augment":
                 words += [] if value else ["--no-augment"]
+            elif name == "deterministic":
+                words += [] if value else ["--nondeterministic"]
             elif isinstance(value, bool):
                 words += [f"--{name.replace('_', '-')}"] if value else []
             else:

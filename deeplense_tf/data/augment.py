@@ -39,8 +39,17 @@ class RandomRot90(keras.layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def augmentation_layers(seed: int | None = None) -> list[keras.layers.Layer]:
-    return [
+def augmentation_layers(seed: int | None = None, shift: float = 0.0, noise: float = 0.0) -> list[keras.layers.Layer]:
+    """Flips and 90-degree rotations; ``shift``: random translations up to that fraction of the
+    side (Keras ``RandomTranslation``, reflected borders); ``noise``: Gaussian noise of that
+    standard deviation, in units of the standardised image (Keras ``GaussianNoise``)."""
+    layers = [
         keras.layers.RandomFlip("horizontal_and_vertical", seed=seed, name="random_flip"),
         RandomRot90(seed=None if seed is None else seed + 1, name="random_rot90"),
     ]
+    if shift:
+        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=None if seed is None
+                                                     else seed + 2, name="random_shift"))
+    if noise:
+        layers.append(keras.layers.GaussianNoise(noise, seed=None if seed is None else seed + 3, name="random_noise"))
+    return layers

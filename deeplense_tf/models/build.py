@@ -22,13 +22,14 @@ from deeplense_tf.models.registry import create_backbone, input_plan
 def create_model(config: ModelConfig, input_shape: tuple[int, int, int], *, n_classes: int = 0,
                  target_mean: float = 0.0, target_std: float = 1.0, image_size: int | None = None,
                  seed: int | None = None) -> keras.Model:
-    augment = augmentation_layers(seed) if config.augment else []
+    in_model = config.augment and not config.augment_in_pipeline
+    augment = augmentation_layers(seed, config.shift, config.noise) if in_model else []
     if config.task == "anomaly":
         return create_autoencoder(config.arch, input_shape, image_size, seed=seed, augment=augment)
     side = image_size or input_shape[0]
     plan = input_plan(config.arch, (side, side, input_shape[-1]), config.weights)
     inputs = keras.Input(input_shape, name="image")
-    x = preprocessing_block(inputs, plan.shape[:2], plan.shape[-1], plan.imagenet_scaling)
+    x = preprocessing_block(inputs, plan.shape[:2], plan.shape[-1], plan.imagenet_scaling, config.normalization)
     for layer in augment:
         x = layer(x)
     backbone = create_backbone(config.arch, plan.shape, weights=config.weights)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from deeplense_tf.config import NORMALIZATIONS
 from deeplense_tf.errors import ConfigError
 
 # ImageNet per-channel statistics (RGB, 0-1 scale) that the Keras weights were trained with.
@@ -51,6 +52,50 @@ class PerImageStandardize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+class PerImageNormalize(keras.layers.Layer):
+    """Per-image scaling other than plain standardisation (``PerImageStandardize``), float32.
+
+    - ``minmax``: (x - min) / (max - min), to [0, 1];
+    - ``asinh``: standardise, then ``asinh(x / softening)``: keeps faint arcs and the noise
+      linear and compresses the bright cores (the usual display stretch of survey images);
+    - ``clip``: standardise, then clip to [-``low``, ``high``] standard deviations (hot pixels,
+      cosmic rays, masked values such as the Bologna 100s stop dominating), then standardise again.
+    """
+
+    def __init__(self, mode: str = "minmax", softening: float = 1.0, low: float = 3.0, high: float = 10.0,
+                 epsilon: float = 1e-6, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if mode not in NORMALIZATIONS[1:]:
+            raise ConfigError(f"normalization must be one of {NORMALIZATIONS}. Received: {mode!r}")
+        self.mode, self.softening, self.low, self.high, self.epsilon = mode, softening, low, high, epsilon
+
+    def _standardize(self, x):
+        mean, variance = tf.nn.moments(x, axes=[-3, -2, -1], keepdims=True)
+        return (x - mean) / tf.maximum(tf.sqrt(variance), self.epsilon)
+
+    def call(self, inputs):
+        x = tf.cast(inputs, tf.float32)
+        if self.mode == "minmax":
+            low = tf.reduce_min(x, axis=[-3, -2, -1], keepdims=True)
+            high = tf.reduce_max(x, axis=[-3, -2, -1], keepdims=True)
+            return (x - low) / tf.maximum(high - low, self.epsilon)
+        x = self._standardize(x)
+        if self.mode == "asinh":
+            return tf.asinh(x / self.softening)
+        return self._standardize(tf.clip_by_value(x, -self.low, self.high))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "softening": self.softening, "low": self.low,
+                "high": self.high, "epsilon": self.epsilon}
 
 
 @keras.saving.register_keras_serializable(package="deeplense_tf")
@@ -167,17 +212,18 @@ class ImageNetInput(keras.layers.Layer):
         return {**super().get_config(), "scaling": self.scaling}
 
 
-def preprocessing_block(x, target_size, channels: int, imagenet_scaling: str | None = None):
+def preprocessing_block(x, target_size, channels: int, imagenet_scaling: str | None = None,
+                        normalization: str = "standardize"):
     """Raw images -> what a backbone receives: standardise, resize, channels, scaling.
 
     ``target_size``: an int (square) or (H, W); the resize happens only when the static
     size differs (use ``registry.input_plan`` to get a size that only ever resizes up).
     ``channels``: the backbone's channel count; 1 -> 3 repeats grey, otherwise the input
     must already have it. ``imagenet_scaling``: ``ArchSpec.imagenet_scaling`` when the
-    backbone carries ImageNet weights, else None.
+    backbone carries ImageNet weights, else None. ``normalization``: one of ``NORMALIZATIONS``.
     """
     size = (target_size, target_size) if isinstance(target_size, int) else tuple(target_size)
-    x = PerImageStandardize()(x)
+    x = PerImageStandardize()(x) if normalization == "standardize" else PerImageNormalize(normalization)(x)
     if tuple(_spatial(x.shape)) != size:
         x = keras.layers.Resizing(*size, interpolation="bilinear")(x)
     in_channels = x.shape[-1]
