@@ -231,3 +231,18 @@ def test_chief_and_two_workers_split_the_trials(sim_cache, tiny_space, tmp_path)
     frame = _trials(out)
     assert list(frame["status"]) == ["COMPLETED"] * 4
     assert set(frame["tuner_id"]) == {"worker0", "worker1"}
+
+
+def test_anomaly_search_tries_the_autoencoders(sim_cache, eager, tmp_path):
+    out = tmp_path / "anomaly"
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"batch_size": {"values": [4]}}))
+    assert random_search.main(_argv(space, out, "--task", "anomaly", "--max-trials", "2")) == 0
+    trials = _trials(out)
+    assert list(trials["status"]) == ["COMPLETED", "COMPLETED"]
+    assert set(trials["arch"]) <= {"conv_autoencoder", "vae"} and trials["val_loss"].notna().all()
+    config = json.loads((Path(trials["run_dir"][0]) / "config.json").read_text())
+    assert config["model"]["task"] == "anomaly"
+    with pytest.raises(ConfigError, match="autoencoders"):
+        common.run_search(common.build_parser("random", "", 1).parse_args(
+            _argv(space, tmp_path / "bad", "--task", "anomaly", "--archs", "resnet18")), "random", None)

@@ -34,7 +34,10 @@ OBJECTIVES = {
     "regression": {"val_mae": "min", "val_rmse": "min", "val_loss": "min"},
     "classification": {"val_accuracy": "max", "val_loss": "min"},
     "lens_finding": {"val_auc": "max", "val_accuracy": "max", "val_loss": "min"},
+    # The autoencoders learn the normal class only: their validation loss is its reconstruction error.
+    "anomaly": {"val_loss": "min"},
 }
+ANOMALY_ARCHS = ("conv_autoencoder", "vae")
 # Flags that may change when a search is continued; any other change is refused.
 MAY_CHANGE = {"max_trials", "overwrite", "out", "workers", "device", "space", "archs"}
 DATA_FLAGS = ("data", "samples", "image_size", "target", "allow_pickle", "workers")
@@ -47,7 +50,8 @@ def build_parser(name: str, description: str, max_trials: int | None = 10) -> ar
     data = p.add_argument_group("Data (as in deeplense_tf.train)")
     data.add_argument("--data", help=f"class folders, images.npy/.npz, or sim:<preset> (default {d.data})")
     data.add_argument("--task", choices=tuple(OBJECTIVES), default="regression",
-                      help="what to learn (default regression; the anomaly task is not searched)")
+                      help="what to learn (default regression; anomaly searches the autoencoders, "
+                      f"{' and '.join(ANOMALY_ARCHS)}, by validation reconstruction loss)")
     data.add_argument("--samples", type=int, help=f"images per class for sim: data (default {d.samples})")
     data.add_argument("--image-size", type=int, help="model input side (default: the images' own size)")
     data.add_argument("--target", help=f"regression target column (default {d.target})")
@@ -90,18 +94,25 @@ def main(argv: list[str] | None, *, name: str, description: str, make_tuner: Cal
 
 def run_search(args: argparse.Namespace, name: str, make_tuner: Callable[..., Any]):
     """Check everything cheap first, then load TensorFlow, the data and the tuner, and search."""
-    space = load_space(args.space, args.archs)
+    archs = args.archs or (list(ANOMALY_ARCHS) if args.task == "anomaly" else None)
+    space = load_space(args.space, archs)
     base = base_config(args)
     objective, direction = objective_for(base.model.task, args.objective)
     import keras_tuner
 
     from deeplense_tf.data.prepare import prepare_data
+    from deeplense_tf.models.autoencoders import AUTOENCODERS
     from deeplense_tf.models.registry import get_arch
     from deeplense_tf.trainer import set_up
     from tuning.search_space import LensHyperModel
 
     for arch in candidate_values(space["arch"]) or []:
-        get_arch(arch)  # a typo fails now, not as failed trials (and before --overwrite deletes anything)
+        # A typo fails now, not as failed trials (and before --overwrite deletes anything).
+        if base.model.task != "anomaly":
+            get_arch(arch)
+        elif arch not in AUTOENCODERS:
+            raise ConfigError(f"--task anomaly searches autoencoders ({', '.join(AUTOENCODERS)}); "
+                              f"{arch!r} is not one")
     role = _role()
     out = Path(args.out)
     if role != "worker":
@@ -145,7 +156,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
 
 
 def objective_for(task: str, name: str | None) -> tuple[str, str]:
-    if task not in OBJECTIVES:  # its validation loss is a reconstruction error, not how well it finds anomalies
+    if task not in OBJECTIVES:
         raise ConfigError(f"tuning searches {', '.join(OBJECTIVES)}; --task {task} is not supported yet")
     choices = OBJECTIVES[task]
     name = name or next(iter(choices))

@@ -37,6 +37,13 @@ def declare(hp: keras_tuner.HyperParameters, space: dict[str, dict[str, Any]], t
     names = ("fc_units_1", "fc_units_2") if task == "regression" else ()
     for name in (*names, "dropout", "batch_size", "augment"):
         values[name] = _declare_one(hp, name, space[name])
+    if values["augment"] and not (isinstance(space["augment"].get("fixed"), bool)):
+        with hp.conditional_scope("augment", [True]):  # a strength without augmentation means nothing
+            for name in ("shift", "noise"):
+                values[name] = _declare_one(hp, name, space[name])
+    elif values["augment"]:
+        for name in ("shift", "noise"):
+            values[name] = _declare_one(hp, name, space[name])
     return values
 
 

@@ -43,8 +43,11 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "dropout": {"min": 0.0, "max": 0.5, "step": 0.1},
     # Clipped to the training split's size at fit time, so tiny data sets still run.
     "batch_size": {"values": [16, 32, 64]},
-    # The package has flips + 90-degree rotations on or off; no strength knob yet.
+    # Flips + 90-degree rotations on or off; with them, the strength of the extra augmentation:
+    # random shifts (fraction of the side) and Gaussian noise (standardised units).
     "augment": {"values": [True, False]},
+    "shift": {"values": [0.0, 0.05, 0.1]},
+    "noise": {"values": [0.0, 0.05, 0.1]},
 }
 
 INTEGER = {"fc_units_1", "fc_units_2", "batch_size"}
@@ -62,6 +65,8 @@ _CHECKS = {
     "dropout": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
+    "shift": (lambda v: _number(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
+    "noise": (lambda v: _number(v) and v >= 0, "a number >= 0"),
 }
 
 
@@ -95,6 +100,9 @@ def to_config(base: RunConfig, values: dict[str, Any], epochs: int | None = None
     model = {k: values[k] for k in ("arch", "dropout") if k in values}
     if "augment" in values:
         model["augment"] = bool(values["augment"])
+    for name in ("shift", "noise"):
+        if values.get(name) is not None:
+            model[name] = float(values[name])
     if "fc_units_1" in values:
         model["fc_units"] = (values["fc_units_1"], values["fc_units_2"])
     train = {k: values[k] for k in ("optimizer", "lr", "batch_size") if k in values}
