@@ -118,8 +118,9 @@ def load_other_data(config, info: dict, data: str, allow_pickle: bool):
     from deeplense_tf.data.sources import load_data
     from deeplense_tf.errors import DataError
 
-    index = load_data(data, samples=config.data.samples, seed=config.train.seed, allow_pickle=allow_pickle,
-                      workers=config.data.workers)
+    d = config.data  # read the other set the way the run read its own (label column, checks)
+    index = load_data(data, samples=d.samples, seed=config.train.seed, allow_pickle=allow_pickle,
+                      workers=d.workers, validate=d.validate, label_column=d.label_column)
     prepared, _ = label_index(index, config.model.task, config.data.target)
     if prepared.input_shape != tuple(info["input_shape"]):
         raise DataError(f"{data}: images of shape {prepared.input_shape}, but the model takes {tuple(info['input_shape'])}")

@@ -256,3 +256,21 @@ def test_hdf5_label_count_must_match_images(tmp_path):
         f["images"], f["is_lens"] = tiny_images(6, 16), np.arange(5) % 2
     with pytest.raises(DataError, match="'is_lens' has 5 entries but there are 6 images"):
         load_data(str(tmp_path / "cat.h5"))
+
+
+def test_evaluate_other_data_reads_it_as_the_run_did(tmp_path):
+    """evaluate --data OTHER uses the run's data settings: here --validate quick, which leaves
+    pixel checks to the pipeline (a full scan stops at the NaN image)."""
+    from conftest import write_class_folders
+    from deeplense_tf.evaluate import load_other_data
+
+    root = write_class_folders(tmp_path / "other", per_class=2)
+    bad = np.load(root / "cdm" / "cdm_0.npy")
+    bad[0, 0] = np.nan
+    np.save(root / "cdm" / "cdm_0.npy", bad)
+    info = {"input_shape": [32, 32, 1], "class_names": ["axion", "cdm", "no_sub"]}
+    quick = RunConfig.from_dict({"model": {"task": "classification"}, "data": {"validate": "quick"}})
+    images, y, _ = load_other_data(quick, info, str(root), False)
+    assert len(images) == 6 and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(DataError, match="cdm_0.npy"):
+        load_other_data(RunConfig.from_dict({"model": {"task": "classification"}}), info, str(root), False)
