@@ -141,6 +141,9 @@ class TrainConfig:
     # Batches in the same order every run (reproducible by seed); False lets parallel reads finish
     # out of order, about a third faster for per-file data (BENCHMARKS.md) but not reproducible.
     deterministic: bool = True
+    # Per-file .npy sets: keep decoded images after the first epoch, "memory" or a cache file path
+    # (tf.data cache); arrays and shards are one memory copy away already and ignore it.
+    cache: str | None = None
     # Class-balanced training batches (classification, lens finding): imbalance such as 1 lens in 100
     # would otherwise teach "never a lens"; validation and test keep the real class mix.
     balance: bool = False
@@ -223,6 +226,8 @@ def validate(config: RunConfig) -> None:
         (t.early_stopping >= 0, f"early_stopping must be >= 0 epochs. Received: {t.early_stopping}"),
         (t.bn_recalibration >= 0, f"bn_recalibration must be >= 0 batches. Received: {t.bn_recalibration}"),
         (0 <= t.momentum < 1, f"momentum must be in [0, 1). Received: {t.momentum}"),
+        (not (t.cache and t.balance), "--cache and --balance do not combine (a cached epoch is replayed "
+         "in one order); drop one of them"),
         (d.samples >= 1, f"samples must be >= 1. Received: samples={d.samples}"),
         (t.epochs >= 1, f"epochs must be >= 1. Received: epochs={t.epochs}"),
         (t.batch_size >= 1, f"batch_size must be >= 1. Received: batch_size={t.batch_size}"),

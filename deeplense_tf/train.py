@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="draw every class equally often in training batches (imbalanced sets, e.g. 1 lens in 100); "
                      "validation and test keep the real mix")
     run = p.add_argument_group("Run")
+    run.add_argument("--cache", metavar="memory|PATH",
+                     help="per-file .npy data: keep decoded images after epoch 1 in memory or in a cache file")
     run.add_argument("--nondeterministic", dest="deterministic", action="store_false", default=None,
                      help="let parallel reads deliver batches out of order: faster, not reproducible")
     run.add_argument("--seed", type=int, help=f"seeds data, split, initialisation and augmentation (default {t.seed})")

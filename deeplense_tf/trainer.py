@@ -147,7 +147,8 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
         x_train, y_train, batch = strategy_share(strategy, x_train, y_train, batch)
     train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed,
                               balance=t.balance, first_epoch=initial_epoch,  # a resumed run: the same batches
-                              deterministic=t.deterministic, augment=config.model.augment and config.model.augment_in_pipeline)
+                              deterministic=t.deterministic, augment=config.model.augment and config.model.augment_in_pipeline,
+                              cache=(True if t.cache == "memory" else t.cache) if t.cache else False)
     if t.class_weights == "balanced" and task.name in ("classification", "lens_finding"):
         train_ds = with_class_weights(train_ds, y_train)
     val_ds = create_dataset(x_val, _fit_labels(task.name, y_val), batch, training=False)

@@ -274,3 +274,27 @@ def test_evaluate_other_data_reads_it_as_the_run_did(tmp_path):
     assert len(images) == 6 and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
     with pytest.raises(DataError, match="cdm_0.npy"):
         load_other_data(RunConfig.from_dict({"model": {"task": "classification"}}), info, str(root), False)
+
+
+def test_cache_flag_reaches_the_config_and_refuses_balance():
+    from deeplense_tf.train import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--cache", "memory"]))
+    assert config.train.cache == "memory"
+    with pytest.raises(ConfigError, match="--cache and --balance"):
+        config_from_args(build_parser().parse_args(["--cache", "memory", "--balance", "--task", "classification"]))
+
+
+def test_training_from_per_file_data_with_cache(tmp_path):
+    """--validate quick keeps per-file .npy on disk (read by the pipeline); --cache memory keeps them after epoch 1."""
+    from deeplense_tf import train
+
+    data = write_class_folders(tmp_path / "d", per_class=6)
+    out = tmp_path / "runs"
+    assert train.main(["--arch", "mobilenet_v3_small", "--task", "classification", "--data", str(data),
+                       "--validate", "quick", "--cache", "memory", "--epochs", "2", "--batch-size", "4",
+                       "--bn-recalibration", "1", "--out", str(out)]) == 0
+    (run,) = out.iterdir()
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == 2 and history["loss"].notna().all()
+    assert json.loads((run / "config.json").read_text())["train"]["cache"] == "memory"
