@@ -22,13 +22,11 @@ from deeplense_tf.cli import prepare_environment, run_cli
 from deeplense_tf.config import CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deeplense_tf.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
-    d, m, t = DataConfig(), ModelConfig(), TrainConfig()
-    data = p.add_argument_group("Data")
+def add_data_flags(data) -> None:
+    """The data flags, shared with ``tuning`` (one definition, the same config fields)."""
     from deeplense_tf.config import VALIDATE_MODES
 
+    d = DataConfig()
     data.add_argument("--data", nargs="+", metavar="PATH",
                       help="class folders, train/ + test/ folders, images.npy/.npz, HDF5, FITS Band<k>/ folders, "
                       f"pack shards, or sim:<preset> (default {d.data}); several are joined into one set")
@@ -56,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="read pickled .npy files (DeepLense axion files): unpickling runs code from the file")
     data.add_argument("--normal-class", help="--task anomaly: the class the autoencoder learns (default no_sub)")
     data.add_argument("--workers", type=int, help="processes for simulation / threads for reading (default: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deeplense_tf.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
+    d, m, t = DataConfig(), ModelConfig(), TrainConfig()
+    add_data_flags(p.add_argument_group("Data"))
     model = p.add_argument_group("Model")
     model.add_argument("--arch", help=f"architecture name, see --list-archs (default {m.arch}; "
                        "for --task anomaly conv_autoencoder or vae, default conv_autoencoder)")

@@ -14,6 +14,7 @@ every machine, and ``--out`` on a shared file system.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -26,6 +27,7 @@ from deeplense_tf import runs
 from deeplense_tf.cli import prepare_environment, run_cli
 from deeplense_tf.config import DEVICES, DataConfig, RunConfig, TrainConfig, replace
 from deeplense_tf.errors import ConfigError, UserError
+from deeplense_tf.train import add_data_flags
 from tuning.report import SETTINGS, TRIAL_INFO, TRIALS_DIR, last_line, summary_lines, write_report
 from tuning.space import DEFAULT_ARCHS, candidate_values, load_space
 
@@ -40,24 +42,19 @@ OBJECTIVES = {
 ANOMALY_ARCHS = ("conv_autoencoder", "vae")
 # Flags that may change when a search is continued; any other change is refused.
 MAY_CHANGE = {"max_trials", "overwrite", "out", "workers", "device", "space", "archs"}
-DATA_FLAGS = ("data", "samples", "image_size", "target", "allow_pickle", "workers")
+# Every data field: the flags come from deeplense_tf.train.add_data_flags.
+DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataConfig))
 
 
 def build_parser(name: str, description: str, max_trials: int | None = 10) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m tuning.{name}", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    d, t = DataConfig(), TrainConfig()
+    t = TrainConfig()
     data = p.add_argument_group("Data (as in deeplense_tf.train)")
-    data.add_argument("--data", help=f"class folders, images.npy/.npz, or sim:<preset> (default {d.data})")
     data.add_argument("--task", choices=tuple(OBJECTIVES), default="regression",
                       help="what to learn (default regression; anomaly searches the autoencoders, "
                       f"{' and '.join(ANOMALY_ARCHS)}, by validation reconstruction loss)")
-    data.add_argument("--samples", type=int, help=f"images per class for sim: data (default {d.samples})")
-    data.add_argument("--image-size", type=int, help="model input side (default: the images' own size)")
-    data.add_argument("--target", help=f"regression target column (default {d.target})")
-    data.add_argument("--allow-pickle", action="store_true", default=None,
-                      help="read pickled .npy files (DeepLense axion files): unpickling runs code from the file")
-    data.add_argument("--workers", type=int, help="processes for simulation / threads for reading (default: all cores)")
+    add_data_flags(data)
     search = p.add_argument_group("Search")
     search.add_argument("--archs", nargs="+", metavar="ARCH",
                         help=f"architectures to choose from (default {' '.join(DEFAULT_ARCHS)})")
@@ -145,7 +142,7 @@ def run_search(args: argparse.Namespace, name: str, make_tuner: Callable[..., An
 
 def base_config(args: argparse.Namespace) -> RunConfig:
     """The part every trial shares: data, task, epochs, seed, device."""
-    data = {f: getattr(args, f) for f in DATA_FLAGS if getattr(args, f) is not None}
+    data = {f: getattr(args, f) for f in DATA_FLAGS if getattr(args, f, None) is not None}
     train = {"epochs": args.epochs, "seed": args.seed}
     if args.device:
         train["device"] = args.device
