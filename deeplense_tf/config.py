@@ -19,7 +19,7 @@ TASKS = ("regression", "classification", "lens_finding", "anomaly")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "gpu")
 SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
-NORMALIZATIONS = ("standardize", "minmax", "asinh", "clip")
+NORMALIZATIONS = ("standardize", "minmax", "asinh", "clip", "cmu")
 LOSSES = (None, "mse", "huber", "mae")
 CLASS_WEIGHTS = ("none", "balanced")
 VALIDATE_MODES = ("full", "quick")
@@ -92,7 +92,8 @@ class ModelConfig:
     # With freeze_backbone: epochs 1..N train the head only, then the whole network; None = frozen throughout.
     unfreeze_at: int | None = None
     # Per-image scaling, the first layer of the model (so exports apply it too): standardize, minmax,
-    # asinh (standardise, then asinh stretch) or clip (standardise, clip to -3..10 sigma, standardise).
+    # asinh (standardise, then asinh stretch), clip (standardise, clip to -3..10 sigma, standardise) or
+    # cmu (CMU DeepLens on the Bologna ground set: masked 100s -> 0, clip to +-1e-9, scale to +-100).
     normalization: str = "standardize"
     # Extra augmentation: random shifts up to this fraction of the side; Gaussian noise of this std
     # (standardised units). 0 = off.

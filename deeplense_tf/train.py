@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="flips / rotations in the tf.data pipeline (CPU) instead of the model, for comparison")
     model.add_argument("--normalization", choices=NORMALIZATIONS,
                        help=f"per-image scaling inside the model (default {m.normalization}): minmax to [0, 1]; "
-                       "asinh stretch; clip to -3..10 sigma")
+                       "asinh stretch; clip to -3..10 sigma; cmu: CMU DeepLens' Bologna scaling")
     model.add_argument("--freeze-backbone", action="store_true", default=None,
                        help="fine-tuning: train the head only, backbone weights and BatchNorm statistics fixed")
     model.add_argument("--unfreeze-at", type=int, metavar="EPOCH",

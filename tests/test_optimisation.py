@@ -264,3 +264,10 @@ def test_model_options_reach_the_model():
     assert not any(name.startswith("random_") for name in names)
     with pytest.raises(ConfigError, match="normalization"):
         replace(RunConfig(), model={"normalization": "log"})
+
+
+def test_cmu_normalization_masks_clips_and_scales():
+    from deeplense_tf.models.preprocess import PerImageNormalize
+
+    x = np.array([100.0, 5e-10, -3e-9, 2e-9, 0.0], "float32").reshape(1, 1, 5, 1)
+    np.testing.assert_allclose(np.asarray(PerImageNormalize("cmu")(x)).ravel(), [0, 50, -100, 100, 0], rtol=1e-5)

@@ -64,7 +64,10 @@ class PerImageNormalize(keras.layers.Layer):
     - ``asinh``: standardise, then ``asinh(x / softening)``: keeps faint arcs and the noise
       linear and compresses the bright cores (the usual display stretch of survey images);
     - ``clip``: standardise, then clip to [-``low``, ``high``] standard deviations (hot pixels,
-      cosmic rays, masked values such as the Bologna 100s stop dominating), then standardise again.
+      cosmic rays, masked values such as the Bologna 100s stop dominating), then standardise again;
+    - ``cmu``: CMU DeepLens' fixed scaling of the Bologna ground-based images (DOMAIN.md):
+      masked pixels (exactly 100) to 0, clip to [-1e-9, 1e-9], scale to [-100, 100]. Not per image:
+      it assumes that challenge's flux units.
     """
 
     def __init__(self, mode: str = "minmax", softening: float = 1.0, low: float = 3.0, high: float = 10.0,
@@ -81,6 +84,9 @@ class PerImageNormalize(keras.layers.Layer):
 
     def call(self, inputs):
         x = tf.cast(inputs, tf.float32)
+        if self.mode == "cmu":
+            x = tf.where(tf.equal(x, 100.0), tf.zeros_like(x), x)
+            return tf.clip_by_value(x, -1e-9, 1e-9) * 1e11
         if self.mode == "minmax":
             low = tf.reduce_min(x, axis=[-3, -2, -1], keepdims=True)
             high = tf.reduce_max(x, axis=[-3, -2, -1], keepdims=True)
