@@ -14,7 +14,6 @@ Recomputing the averages over a few hundred training images ("precise BN", Wu & 
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 
@@ -109,7 +108,3 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
             self._recalibrate(self.dataset)
             self._done_this_epoch = True
 
-
-def moving_statistics(model: keras.Model) -> list[np.ndarray]:
-    """Every BatchNorm moving mean and variance, for tests and diagnostics."""
-    return [np.asarray(v) for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
