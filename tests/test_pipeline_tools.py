@@ -1,0 +1,27 @@
+"""The pipeline benchmark (``--smoke``, as CI-sized as the issue asks) and the profiler trace."""
+
+import json
+import math
+
+from pipelines import benchmark, profile
+
+
+def test_benchmark_smoke_writes_every_rate(tmp_path):
+    out = tmp_path / "bench.json"
+    before = (benchmark.ROOT / "BENCHMARKS.md").read_text()
+    assert benchmark.main(["--smoke", "--json", str(out)]) in (0, None)
+    result = json.loads(out.read_text())
+    for key in ("naive_images_per_s", "per_file_images_per_s", "packed_images_per_s", "shards_images_per_s",
+                "step_synthetic_s", "step_real_s"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert (benchmark.ROOT / "BENCHMARKS.md").read_text() == before  # a smoke run records nothing
+
+
+def test_profile_records_a_trace_and_the_input_wait(tmp_path):
+    logdir = tmp_path / "prof"
+    assert profile.main(["--arch", "mobilenet_v3_small", "--n", "256", "--size", "32", "--batch-size", "16",
+                         "--warmup", "2", "--steps", "2", "--logdir", str(logdir)]) in (0, None)
+    assert list(logdir.glob("**/plugins/profile/*/*.xplane.pb"))
+    summary = json.loads((logdir / "input_summary.json").read_text())
+    assert summary["trace"].endswith(".xplane.pb")
+    assert any("wait" in key or "input" in key for key in summary), sorted(summary)
