@@ -155,7 +155,7 @@ def test_regression_huber_with_early_stopping_and_plateau(sim_cache, tmp_path):
                  "--early-stopping", "1", "--bn-recalibration", "0")
     history = pd.read_csv(run / "history.csv")
     assert 2 <= len(history) <= 3  # stops when val_loss fails to improve once
-    assert (history["learning_rate"] == 1e-3).all()
+    np.testing.assert_allclose(history["learning_rate"], 1e-3, rtol=1e-6)  # stored as float32
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert np.isfinite(metrics["mae"])
 
