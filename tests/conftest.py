@@ -50,3 +50,17 @@ def sim_cache(tmp_path_factory) -> Path:
         os.environ.pop("DEEPLENSE_TF_CACHE", None)
     else:
         os.environ["DEEPLENSE_TF_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def image_sources(tmp_path_factory):
+    """The same 12 images (16 px) as a resident array, as per-file .npy and as shards (both streamed)."""
+    from deeplense_tf.data.pack import write_shards
+    from deeplense_tf.data.sources import load_data
+
+    tmp = tmp_path_factory.mktemp("sources")
+    root = write_class_folders(tmp / "files", per_class=4, size=16)
+    resident = load_data(str(root))
+    write_shards(resident, tmp / "shards", shard_size=5, seed=None)
+    return {"array": resident.images, "files": load_data(str(root), validate="quick").images,
+            "shards": load_data(str(tmp / "shards"), stream=True).images}

@@ -16,9 +16,7 @@ from conftest import tiny_images, write_class_folders
 from deeplense_tf import plots, predict, train
 from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.data.npy import NpyFileImages
-from deeplense_tf.data.pack import write_shards
 from deeplense_tf.data.pipeline import balanced_order, class_ids, create_dataset
-from deeplense_tf.data.sources import load_data
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.models.convnets import scratch_only
 from deeplense_tf.models.deeplens_resnet import deeplens_resnet
@@ -34,15 +32,9 @@ def drain(ds):
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """The same 12 images as an array, as per-file .npy and as shards (both streamed)."""
-    tmp = tmp_path_factory.mktemp("balance")
-    root = write_class_folders(tmp / "files", per_class=4, size=16)
-    resident = load_data(str(root))
-    write_shards(resident, tmp / "shards", shard_size=5, seed=None)
-    files = load_data(str(root), validate="quick").images
-    assert isinstance(files, NpyFileImages)
-    return {"array": resident.images, "files": files, "shards": load_data(str(tmp / "shards"), stream=True).images}
+def sources(image_sources):
+    assert isinstance(image_sources["files"], NpyFileImages)
+    return image_sources
 
 
 # ---- balanced sampling ------------------------------------------------------------------

@@ -6,7 +6,6 @@ import tensorflow as tf
 
 from conftest import tiny_images, write_class_folders
 from deeplense_tf.data.npy import NpyFileImages, read_npy, read_npy_header
-from deeplense_tf.data.pack import write_shards
 from deeplense_tf.data.pipeline import augmenter, create_dataset, decode_npy, epoch_order
 from deeplense_tf.data.sources import load_data
 
@@ -17,14 +16,8 @@ def drain(ds):
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """The same 12 images as an array, as per-file .npy (streamed) and as shards (streamed)."""
-    tmp = tmp_path_factory.mktemp("pipe")
-    root = write_class_folders(tmp / "files", per_class=4, size=16)
-    resident = load_data(str(root))
-    write_shards(resident, tmp / "shards", shard_size=5, seed=None)
-    return {"array": resident.images, "files": load_data(str(root), validate="quick").images,
-            "shards": load_data(str(tmp / "shards"), stream=True).images}
+def sources(image_sources):
+    return image_sources
 
 
 KINDS = ["array", "files", "files_tf", "shards"]

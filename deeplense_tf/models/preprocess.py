@@ -28,6 +28,12 @@ def _spatial(shape):
     return shape[-3], shape[-2]
 
 
+def standardize(x, epsilon: float):
+    """(x - mean) / max(std, epsilon) over H, W and C of each image."""
+    mean, variance = tf.nn.moments(x, axes=[-3, -2, -1], keepdims=True)
+    return (x - mean) / tf.maximum(tf.sqrt(variance), epsilon)
+
+
 @keras.saving.register_keras_serializable(package="deeplense_tf")
 class PerImageStandardize(keras.layers.Layer):
     """(x - mean) / max(std, epsilon), mean and std over H, W and C of each image.
@@ -43,9 +49,7 @@ class PerImageStandardize(keras.layers.Layer):
         self.epsilon = epsilon
 
     def call(self, inputs):
-        x = tf.cast(inputs, tf.float32)
-        mean, variance = tf.nn.moments(x, axes=[-3, -2, -1], keepdims=True)
-        return (x - mean) / tf.maximum(tf.sqrt(variance), self.epsilon)
+        return standardize(tf.cast(inputs, tf.float32), self.epsilon)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -78,10 +82,6 @@ class PerImageNormalize(keras.layers.Layer):
             raise ConfigError(f"normalization must be one of {NORMALIZATIONS}. Received: {mode!r}")
         self.mode, self.softening, self.low, self.high, self.epsilon = mode, softening, low, high, epsilon
 
-    def _standardize(self, x):
-        mean, variance = tf.nn.moments(x, axes=[-3, -2, -1], keepdims=True)
-        return (x - mean) / tf.maximum(tf.sqrt(variance), self.epsilon)
-
     def call(self, inputs):
         x = tf.cast(inputs, tf.float32)
         if self.mode == "cmu":
@@ -91,10 +91,10 @@ class PerImageNormalize(keras.layers.Layer):
             low = tf.reduce_min(x, axis=[-3, -2, -1], keepdims=True)
             high = tf.reduce_max(x, axis=[-3, -2, -1], keepdims=True)
             return (x - low) / tf.maximum(high - low, self.epsilon)
-        x = self._standardize(x)
+        x = standardize(x, self.epsilon)
         if self.mode == "asinh":
             return tf.asinh(x / self.softening)
-        return self._standardize(tf.clip_by_value(x, -self.low, self.high))
+        return standardize(tf.clip_by_value(x, -self.low, self.high), self.epsilon)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
