@@ -104,6 +104,20 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete what a killed writer left behind: ``atomic_path`` temporaries and half-swapped ``.old`` folders.
+
+    A SIGKILL cannot be caught, so a checkpoint write it interrupts leaves its temporary file; the
+    real file beside it is untouched. Resuming sweeps them so they do not pile up."""
+    stale = [p for p in Path(run_dir).rglob(".*") if ".tmp" in p.name or p.name.endswith(".old")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 def _replace_dir(new: Path, target: Path) -> None:
     """Swap a finished directory in: the old one is kept until the new one is in place."""
     old = target.with_name(f".{target.name}.old")

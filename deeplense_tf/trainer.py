@@ -86,6 +86,8 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
     if not (run_dir / runs.LAST).is_file() or not (run_dir / runs.STATE).is_file():
         raise UserError(f"{run_dir} has no complete checkpoint to resume from ({runs.LAST}); start a new run")
     done = runs.read_json(run_dir / runs.STATE)["epochs_done"]
+    for path in runs.remove_stale_temporaries(run_dir):
+        print(f"removed {path.relative_to(run_dir)}, left by an interrupted write")
     strategy = set_up(config.train)
     data = prepare_data(config)
     check_split(data, run_dir / "split.csv")

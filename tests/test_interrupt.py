@@ -43,9 +43,10 @@ def test_killed_run_resumes(tmp_path, sig):
     _, err = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:
         assert proc.returncode == 2 and "--resume" in err, err[-2000:]
-    assert not list(run.rglob(".*.tmp*")), "a temporary file was left behind"
+        assert not list(run.rglob(".*.tmp*")), "a caught signal must clean up its temporary files"
     keras.models.load_model(run / "checkpoints" / "last.keras")  # never half-written
     assert train.main(["--resume", str(run)]) == 0
+    assert not list(run.rglob(".*.tmp*")), "resume sweeps what a SIGKILL left behind"
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2]
     assert (run / "export" / "saved_model").is_dir()
 
@@ -72,7 +73,7 @@ def test_repeated_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_
         time.sleep(rng.uniform(0.0, 2.0))  # a random step of the epoch in progress (or its checkpoint write)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=120)
-        assert not list(run.rglob(".*.tmp*")), "a temporary file was left behind"
+        # a SIGKILL mid-write may leave a temporary beside the checkpoint; the checkpoint itself is whole
         keras.models.load_model(run / "checkpoints" / "last.keras")
         done = json.loads((run / "checkpoints" / "state.json").read_text())["epochs_done"]
         if round_ == 1 or done >= epochs - 1:
@@ -81,8 +82,29 @@ def test_repeated_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
         _wait_for_epoch(killed, proc, done + 1)
     assert train.main(["--resume", str(run)]) == 0
+    assert not list(run.rglob(".*.tmp*")), "resume sweeps what a SIGKILL left behind"
     history = pd.read_csv(run / "history.csv")
     assert history["epoch"].tolist() == list(range(epochs))
     expected = pd.read_csv(expected_run / "history.csv")
     pd.testing.assert_series_equal(history["learning_rate"], expected["learning_rate"], rtol=1e-6)
     assert json.loads((run / "metrics.json").read_text())["n"] == json.loads((expected_run / "metrics.json").read_text())["n"]
+
+
+def test_stale_temporaries_are_swept_and_real_files_kept(tmp_path):
+    """What a SIGKILL leaves mid-write (a temporary file, a temporary or half-swapped export folder)
+    goes; the checkpoint and export beside it stay."""
+    from deeplense_tf import runs
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last.keras").write_bytes(b"real")
+    (checkpoints / ".last.keras.abc123.tmp.keras").write_bytes(b"half")
+    export = tmp_path / "export"
+    (export / "saved_model").mkdir(parents=True)
+    (export / ".saved_model.xyz.tmp").mkdir()
+    (export / ".saved_model.old").mkdir()
+    removed = runs.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == [".last.keras.abc123.tmp.keras", ".saved_model.old", ".saved_model.xyz.tmp"]
+    assert (checkpoints / "last.keras").read_bytes() == b"real"
+    assert (export / "saved_model").is_dir()
+    assert sorted(p.name for p in tmp_path.rglob(".*")) == []
