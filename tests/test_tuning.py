@@ -144,6 +144,33 @@ def test_space_file_overrides_ranges(tmp_path):
     assert space["arch"] == {"values": ["resnet50_v2"]} and space["batch_size"] == DEFAULT_SPACE["batch_size"]
 
 
+@pytest.mark.parametrize("overrides, conditional, absent", [
+    ({}, {"weight_decay": ("optimizer", "adamw"), "shift": ("augment", True), "noise": ("augment", True)}, set()),
+    ({"optimizer": "adamw", "augment": True}, {}, set()),
+    ({"optimizer": {"values": ["adam", "sgd"]}, "augment": False}, {}, {"weight_decay", "shift", "noise"}),
+])
+def test_dependent_hyperparameters_exist_only_where_they_act(tmp_path, overrides, conditional, absent):
+    """A weight decay only for AdamW, augmentation strengths only with augmentation: conditional
+    where the parent is searched, plain where it is fixed to the value that uses them, absent otherwise."""
+    import keras_tuner
+
+    from tuning.search_space import declare
+
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(overrides))
+    hp = keras_tuner.HyperParameters()
+    values = declare(hp, load_space(path), "regression")
+    declared = {p.name: p for p in hp.space}
+    assert absent.isdisjoint(declared) and absent.isdisjoint(values)
+    for name in {"weight_decay", "shift", "noise"} - absent:
+        conditions = [(c.name, c.values) for c in declared[name].conditions]
+        if name in conditional:
+            parent, active = conditional[name]
+            assert conditions == [(parent, [active])], (name, conditions)
+        else:
+            assert conditions == [] and values[name] is not None, (name, conditions)
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"learning_rate": {"max": 1}}, "unknown hyperparameter(s) ['learning_rate']"),
     ({"lr": {"min": 0, "max": 1e-3}}, "log sampling needs min > 0"),

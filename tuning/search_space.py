@@ -27,24 +27,29 @@ from tuning.space import INTEGER, candidate_values, to_config
 def declare(hp: keras_tuner.HyperParameters, space: dict[str, dict[str, Any]], task: str) -> dict[str, Any]:
     """Declare the space's hyperparameters on ``hp`` (idempotent) and return their values."""
     values = {name: _declare_one(hp, name, space[name]) for name in ("arch", "optimizer", "lr")}
-    optimizers = candidate_values(space["optimizer"])
-    if "adamw" in optimizers:
-        if len(optimizers) == 1:
-            values["weight_decay"] = _declare_one(hp, "weight_decay", space["weight_decay"])
-        else:  # a weight decay searched for Adam or SGD would be a dimension with no effect
-            with hp.conditional_scope("optimizer", ["adamw"]):
-                values["weight_decay"] = _declare_one(hp, "weight_decay", space["weight_decay"])
+    # A weight decay searched for Adam or SGD would be a dimension with no effect.
+    values.update(_declare_where(hp, space, ("weight_decay",), parent="optimizer", active="adamw"))
     names = ("fc_units_1", "fc_units_2") if task == "regression" else ()
     for name in (*names, "dropout", "batch_size", "augment"):
         values[name] = _declare_one(hp, name, space[name])
-    if values["augment"] and not (isinstance(space["augment"].get("fixed"), bool)):
-        with hp.conditional_scope("augment", [True]):  # a strength without augmentation means nothing
-            for name in ("shift", "noise"):
-                values[name] = _declare_one(hp, name, space[name])
-    elif values["augment"]:
-        for name in ("shift", "noise"):
-            values[name] = _declare_one(hp, name, space[name])
+    # An augmentation strength without augmentation means nothing.
+    values.update(_declare_where(hp, space, ("shift", "noise"), parent="augment", active=True))
     return values
+
+
+def _declare_where(hp: keras_tuner.HyperParameters, space: dict[str, dict[str, Any]], names: tuple[str, ...],
+                   parent: str, active: Any) -> dict[str, Any]:
+    """Declare ``names`` only where ``parent`` can take ``active``; conditional on it when ``parent`` is searched.
+
+    Under a conditional scope KerasTuner returns None while the condition does not hold, and
+    ``to_config`` leaves such a value at its default."""
+    candidates = candidate_values(space[parent])
+    if candidates is None or active not in candidates:
+        return {}
+    if len(candidates) == 1:
+        return {name: _declare_one(hp, name, space[name]) for name in names}
+    with hp.conditional_scope(parent, [active]):
+        return {name: _declare_one(hp, name, space[name]) for name in names}
 
 
 def _declare_one(hp: keras_tuner.HyperParameters, name: str, spec: dict[str, Any]) -> Any:
