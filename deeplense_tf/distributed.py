@@ -10,6 +10,11 @@
 optimizer, metrics; SAM and class weights included) through ``strategy.run`` and drives the
 callbacks by hand, in the order ``fit`` calls them.
 
+BatchNorm: each replica updates its own copy of the moving statistics from its own batches
+(batchnorm.py), so after each epoch's steps the copies are averaged over all replicas, and
+``--bn-recalibration`` recalibrates on every replica and averages the result: validation, the
+chief's checkpoint and every worker see the same statistics.
+
 ``--batch-size`` is the global batch (images per optimiser step, all workers and GPUs
 together), as under ``MirroredStrategy`` + ``fit``: each of W workers reads batch / W images a
 step from its own slice of the training rows (``worker_share``), so the learning rate, the
@@ -180,15 +185,16 @@ def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.da
     with the same number of training batches. ``chief=False`` drops the callbacks that write files;
     they run outside the strategy's scope, so they start no collective op that the others would miss.
     """
-    from deeplense_tf.batchnorm import RecalibrateBatchNorm
+    from deeplense_tf.batchnorm import BatchNormRecalibrator, RecalibrateBatchNorm
     from deeplense_tf.callbacks import AtomicCheckpoint
 
     strategy = strategy or model.distribute_strategy
     chief_only = (AtomicCheckpoint, keras.callbacks.CSVLogger, keras.callbacks.TensorBoard,
                   keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore)
-    # Recalibrating BatchNorm outside the replicas would give each worker its own statistics.
-    kept = [c for c in callbacks
-            if not isinstance(c, RecalibrateBatchNorm) and (chief or not isinstance(c, chief_only))]
+    # Recalibration (on every worker: it all-reduces) runs on the replicas, each from its own batches.
+    kept = [RecalibrateBatchNorm(c.dataset, c.batches, strategy=strategy) if isinstance(c, RecalibrateBatchNorm) else c
+            for c in callbacks if chief or not isinstance(c, chief_only)]
+    batch_norm = BatchNormRecalibrator(model, batches=0, strategy=strategy)  # averages the replicas' statistics
     history = keras.callbacks.History()
     local = strategy.extended.worker_devices  # replicas on this worker: each takes its own batch
     steps = max(1, int(train_ds.cardinality()) // len(local))
@@ -217,6 +223,7 @@ def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.da
             if model.stop_training:
                 break
         epoch_logs = dict(logs)
+        batch_norm.average_over_replicas()  # before validation and the epoch's checkpoint
         if val_dist is not None and not model.stop_training:
             epoch_logs.update({f"val_{k}": v for k, v in _evaluate(model, val_dist, test_step, callback_list).items()})
         callback_list.on_epoch_end(epoch, epoch_logs)

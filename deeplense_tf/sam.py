@@ -2,7 +2,10 @@
 
 Each step: gradient g at the weights w, climb to w + rho * g / |g| (the worst nearby point to
 first order), take the gradient there, step from w with it using the run's own optimiser
-(Adam, AdamW, SGD; its schedule and clipping). Two forward/backward passes a step.
+(Adam, AdamW, SGD; its schedule and clipping). Two forward/backward passes a step. Both run
+in training mode (batch statistics, dropout), but only the first updates BatchNorm's moving
+statistics: they are put back after the pass at the perturbed weights, so a SAM step leaves
+them as a plain step would (the perturbed weights never serve at inference).
 
 ``enable_sam`` replaces the train step of one model instance; the model stays a plain
 functional model, so checkpoints, ``.keras`` files and the SavedModel are unchanged and
@@ -17,11 +20,18 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution  # what Keras' train_step uses
 
+from deeplense_tf.batchnorm import batch_norm_layers
+
 
 def _loss(model, x, y, sample_weight):
     y_pred = model(x, training=True)
     loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
     return y_pred, loss
+
+
+def _moving_statistics(model) -> list:
+    """The variables a training-mode forward pass updates: BatchNorm's moving statistics."""
+    return [v for layer in batch_norm_layers(model) for v in layer.non_trainable_variables]
 
 
 def sam_train_step(self, data):
@@ -37,10 +47,14 @@ def sam_train_step(self, data):
     for v, e in zip(variables, steps):
         if e is not None:
             v.assign_add(e)
+    statistics = _moving_statistics(self)
+    kept = [tf.identity(v.value) for v in statistics]  # this replica's copy, under a strategy
     with tf.GradientTape() as tape:
         _, perturbed = _loss(self, x, y, sample_weight)
         perturbed = self.optimizer.scale_loss(perturbed)
     sharp_grads = tape.gradient(perturbed, variables)
+    for v, value in zip(statistics, kept):
+        v.assign(value)
     for v, e in zip(variables, steps):
         if e is not None:
             v.assign_sub(e)

@@ -29,7 +29,9 @@ def add_data_flags(data) -> None:
     d = DataConfig()
     data.add_argument("--data", nargs="+", metavar="PATH",
                       help="class folders, train/ + test/ folders, images.npy/.npz, HDF5, FITS Band<k>/ folders, "
-                      f"pack shards, or sim:<preset> (default {d.data}); several are joined into one set")
+                      f"pack shards, or sim:<preset> (default {d.data}); several are joined into one set. "
+                      "sim-stream:<preset> trains on an endless stream of new simulated images from --workers "
+                      "processes (val/test: a fixed simulated set of --samples per class, another seed)")
     data.add_argument("--val-data", nargs="+", metavar="PATH",
                       help="a validation set (any --data layout) instead of cutting val_fraction (15%%) off --data")
     data.add_argument("--test-data", nargs="+", metavar="PATH",
@@ -46,14 +48,16 @@ def add_data_flags(data) -> None:
                       help="the class names the data must have (e.g. no_sub cdm axion); any other class folder "
                       "or label stops the run, naming it (default: accept the classes found)")
     data.add_argument("--samples", type=int, help=f"images per class for sim: data (default {d.samples}); "
-                      "regression uses the axion class only")
+                      "regression uses the axion class only. sim-stream: the fixed val/test set, and the "
+                      "images per class an epoch draws from the stream")
     data.add_argument("--image-size", type=int, help="model input side; images are resized inside the model "
                       "(default: their own size, raised to the architecture's minimum)")
     data.add_argument("--target", help=f"regression target column (default {d.target})")
     data.add_argument("--allow-pickle", action="store_true", default=None,
                       help="read pickled .npy files (DeepLense axion files): unpickling runs code from the file")
     data.add_argument("--normal-class", help="--task anomaly: the class the autoencoder learns (default no_sub)")
-    data.add_argument("--workers", type=int, help="processes for simulation / threads for reading (default: all cores)")
+    data.add_argument("--workers", type=int, help="simulator processes (sim: and sim-stream: data) / threads for "
+                      "reading (default: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from deeplense_tf.callbacks import AtomicCheckpoint, LogLearningRate, StopOnNaN
 from deeplense_tf.config import RunConfig, TrainConfig, replace
 from deeplense_tf.data.pipeline import create_dataset
 from deeplense_tf.data.prepare import PreparedData, check_split, prepare_data, split_table
+from deeplense_tf.data.stream_source import StreamSource
 from deeplense_tf.distributed import distribute, fit_distributed, is_chief, make_strategy, on_chief, strategy_share
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.evaluate import evaluate_predictions, predict, summary_line
@@ -29,6 +30,7 @@ from deeplense_tf.export import export_run
 from deeplense_tf.finetune import finetune_callbacks, set_finetune_state
 from deeplense_tf.models.build import create_model
 from deeplense_tf.models.registry import get_arch, normalize_weights
+from deeplense_tf.reseed import ReseedRandomLayers
 from deeplense_tf.losses import task_loss
 from deeplense_tf.sam import enable_sam
 from deeplense_tf.schedules import learning_rate
@@ -59,7 +61,7 @@ def train_run(config: RunConfig) -> Path:
                              image_size=config.data.image_size, seed=config.train.seed)
         set_finetune_state(model, config.model, epoch=0)  # --freeze-backbone: before compile
         compile_model(model, config, steps_per_epoch(config, data))
-    check_batch_size(config.train.batch_size, len(data.splits["train"]))
+    check_batch_size(config.train.batch_size, data.n_train)
     runs.check_room(config.train.out, model.count_params())
     run_dir = runs.new_run_dir(config.train.out, config.model.arch, config.model.task)
     print(f"run directory: {run_dir}")
@@ -113,7 +115,7 @@ def set_up(train: TrainConfig) -> tf.distribute.Strategy:
 
 
 def steps_per_epoch(config: RunConfig, data: PreparedData) -> int:
-    return max(1, -(-len(data.splits["train"]) // config.train.batch_size))
+    return max(1, -(-data.n_train // config.train.batch_size))
 
 
 def make_optimizer(train: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
@@ -142,17 +144,23 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
     """``model.fit`` with the run's callbacks; None when the run had already finished its epochs."""
     t = config.train
     task = get_task(config.model.task)
-    x_train, y_train = data.subset("train")
     x_val, y_val = data.subset("val")
     strategy, batch = model.distribute_strategy, t.batch_size
-    if strategy is not tf.distribute.get_strategy():  # this worker's rows; the global batch split over the replicas
-        x_train, y_train, batch = strategy_share(strategy, x_train, y_train, batch)
-    train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed,
-                              balance=t.balance, first_epoch=initial_epoch,  # a resumed run: the same batches
-                              deterministic=t.deterministic, augment=config.model.augment and config.model.augment_in_pipeline,
-                              cache=(True if t.cache == "memory" else t.cache) if t.cache else False)
-    if t.class_weights == "balanced" and task.name in ("classification", "lens_finding"):
-        train_ds = with_class_weights(train_ds, y_train)
+    stream = None
+    if data.stream is not None:  # --data sim-stream:<preset>: batches simulated on the fly, class-balanced
+        stream = StreamSource.for_model(model, config, data, initial_epoch, lambda y: _fit_labels(task.name, y))
+        train_ds = stream.dataset(config.model.augment and config.model.augment_in_pipeline, t.seed)
+        batch = stream.batch_size  # per replica
+    else:
+        x_train, y_train = data.subset("train")
+        if strategy is not tf.distribute.get_strategy():  # this worker's rows; the global batch split over the replicas
+            x_train, y_train, batch = strategy_share(strategy, x_train, y_train, batch)
+        train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed,
+                                  balance=t.balance, first_epoch=initial_epoch,  # a resumed run: the same batches
+                                  deterministic=t.deterministic, augment=config.model.augment and config.model.augment_in_pipeline,
+                                  cache=(True if t.cache == "memory" else t.cache) if t.cache else False)
+        if t.class_weights == "balanced" and task.name in ("classification", "lens_finding"):
+            train_ds = with_class_weights(train_ds, data.y[data.splits["train"]])  # whole split: alike on every worker
     val_ds = create_dataset(x_val, _fit_labels(task.name, y_val), batch, training=False)
     state_path = run_dir / runs.STATE
     best = runs.read_json(state_path).get("best") if state_path.exists() else None
@@ -160,8 +168,12 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
     recalibration = ()
     if t.bn_recalibration and not tf.distribute.has_strategy():
         # Its own copy of the training pipeline (another seed), read before each validation.
-        recalibration = (RecalibrateBatchNorm(create_dataset(x_train, _fit_labels(task.name, y_train), t.batch_size,
-                                                             training=True, seed=t.seed + 1), t.bn_recalibration),)
+        # Per-replica batches, as BatchNorm trains; epoch-indexed like train_ds, so a resumed run draws the same.
+        # A stream run: the last batches of the epoch just trained (stream_source.py).
+        recalibration = (RecalibrateBatchNorm(
+            stream.recalibration_dataset() if stream else
+            create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed + 1,
+                           first_epoch=initial_epoch), t.bn_recalibration),)
     schedule = ()
     if t.schedule == "plateau":
         schedule = (keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5,
@@ -171,6 +183,8 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
         stopping = (keras.callbacks.EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
                                                   patience=t.early_stopping, verbose=1),)
     callbacks = [
+        *((stream.callback,) if stream else ()),  # first: tells the stream which epoch begins
+        ReseedRandomLayers(t.seed),  # epoch e's augmentation and dropout from (seed, e), as on --resume
         nan_guard,
         *recalibration,  # before the checkpoint: it saves the recalibrated statistics
         LogLearningRate(),  # before CSVLogger and TensorBoard, which write the logs
@@ -191,11 +205,15 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
         else:
             history = model.fit(distribute(strategy, train_ds), validation_data=distribute(strategy, val_ds),
                                 epochs=t.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+                                steps_per_epoch=stream.plan.steps_per_epoch if stream else None,
                                 verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (train.main turns it into this)
         done = runs.read_json(state_path)["epochs_done"] if state_path.exists() else 0
         raise UserError(f"interrupted; {done} complete epoch(s) are saved in {run_dir}. Continue with: "
                         f"python -m deeplense_tf.train --resume {run_dir}") from None
+    finally:
+        if stream:
+            stream.close()  # the simulator processes
     nan_guard.raise_if_failed()
     print(f"training took {time.time() - started:.0f} s")
     return history

@@ -115,6 +115,25 @@ def test_sam_step_differs_from_plain_and_vanishes_with_rho():
     assert np.abs(results["sam"] - results["plain"]).max() > 1e-3
 
 
+def test_sam_leaves_batchnorm_statistics_as_one_plain_forward_pass():
+    """The pass at the perturbed weights must not move BatchNorm's averages a second time."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(3.0, 2.0, size=(16, 4)).astype("float32"), rng.normal(size=(16, 1)).astype("float32")
+    statistics = {}
+    for name, rho in (("forward", None), ("plain", 0.0), ("sam", 0.5)):
+        model = _bn_model()  # the same weights every time (constant initialisers)
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        if rho is None:
+            model(x, training=True)  # one forward pass in training mode, at the starting weights
+        else:
+            enable_sam(model, rho).fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        (bn,) = batch_norm_layers(model)
+        statistics[name] = np.concatenate([bn.moving_mean.numpy(), bn.moving_variance.numpy()])
+    assert not np.allclose(statistics["forward"], [0, 0, 0, 1, 1, 1])  # the pass did move them
+    np.testing.assert_allclose(statistics["plain"], statistics["forward"], rtol=1e-6)
+    np.testing.assert_allclose(statistics["sam"], statistics["forward"], rtol=1e-6)
+
+
 def test_config_rejects_bad_optimisation_values():
     for changes, word in (({"schedule": "linear"}, "schedule"), ({"loss": "l1"}, "loss"),
                           ({"label_smoothing": 1.0}, "label_smoothing"), ({"class_weights": "auto"}, "class_weights"),

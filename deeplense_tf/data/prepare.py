@@ -7,6 +7,8 @@ are checked against the rebuilt ones.
 Where the data says which image belongs to which split (``train/`` + ``test/`` folders, a
 ``split`` column, or ``--val-data`` / ``--test-data``), that split is kept and only a missing
 part is cut off the training images (seeded, stratified); otherwise all of it is split.
+``--data sim-stream:<preset>`` has no stored training split: ``stream_source.prepare_stream``
+returns its fixed val/test set with ``stream`` (the training stream) set.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from deeplense_tf.config import RunConfig
 from deeplense_tf.data.sources import SHOW_PER_PROBLEM, DataIndex, load_data, load_splits
 from deeplense_tf.data.splits import SPLITS, stratified_split
+from deeplense_tf.data.stream_source import StreamPlan, is_stream, prepare_stream
 from deeplense_tf.errors import DataError
 from deeplense_tf.tasks import get_task
 
@@ -35,10 +38,21 @@ class PreparedData:
     target_std: float = 1.0
     source: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, problem) dropped by skip_bad
+    stream: StreamPlan | None = None  # sim-stream: data trains from this stream; splits["train"] is empty
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split == "train" and self.stream is not None:
+            from deeplense_tf.errors import UserError
+
+            raise UserError(f"--data {self.stream.spec} trains from an endless stream and has no stored training "
+                            "split; this command needs stored data (e.g. sim:<preset>)")
         idx = self.splits[split]
         return self.images[idx], self.y[idx]
+
+    @property
+    def n_train(self) -> int:
+        """Training images an epoch: the train split, or a stream's images per epoch."""
+        return self.stream.images_per_epoch if self.stream is not None else int(len(self.splits["train"]))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -53,6 +67,7 @@ class PreparedData:
             "target_mean": self.target_mean, "target_std": self.target_std,
             "counts": {s: int(len(i)) for s, i in self.splits.items()},
             "skipped_files": [{"file": f, "problem": p} for f, p in self.skipped],
+            **({"stream": self.stream.info()} if self.stream is not None else {}),
         }
 
 
@@ -86,6 +101,8 @@ def load_index(config: RunConfig) -> DataIndex:
 
 def prepare_data(config: RunConfig) -> PreparedData:
     d = config.data
+    if is_stream(d.data):  # sim-stream:<preset>: fixed val/test set, training from the stream
+        return prepare_stream(config)
     index = load_index(config)
     print(f"data: {index.describe()}", flush=True)
     data, strata = label_index(index, config.model.task, d.target)

@@ -3,6 +3,7 @@
 | layout | detected by | reader |
 |---|---|---|
 | ``sim:<preset>`` | the prefix | built-in simulator, generated once and cached, then class folders |
+| ``sim-stream:<preset>`` | the prefix | not read here: ``prepare_data`` trains from ``stream_source`` |
 | project shards | ``pack.json`` (written by ``python -m deeplense_tf.data.pack``) | ``pack.read_shards`` |
 | shard parts | sub-folders that each hold a ``pack.json`` (``simulate --format shards --shard K/N``) | joined |
 | packed arrays | ``images.npy`` (+ ``labels.npy``), or one ``.npz`` / ``.npy`` file | ``readers_npy.read_packed`` |
@@ -125,6 +126,9 @@ def _load_one(spec: str, **options) -> DataIndex:
     from deeplense_tf.data import readers_astro, readers_npy
     from deeplense_tf.data.pack import MANIFEST, pack_parts, read_shards
 
+    if spec.startswith("sim-stream:"):  # prepare_data turns it into a stream before it gets here
+        raise DataError(f"--data {spec} is an endless training stream (python -m deeplense_tf.train), not a data "
+                        f"set to read: a stream run is evaluated on its own test split, or use sim:{spec[11:]}")
     if spec.startswith("sim:"):
         from deeplense_tf.data.simulate import cached_simulation
 
