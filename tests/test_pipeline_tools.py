@@ -25,3 +25,20 @@ def test_profile_records_a_trace_and_the_input_wait(tmp_path):
     summary = json.loads((logdir / "input_summary.json").read_text())
     assert summary["trace"].endswith(".xplane.pb")
     assert any("wait" in key or "input" in key for key in summary), sorted(summary)
+
+
+def test_sim_speed_times_every_mode_and_rebuilds_per_image(monkeypatch, capsys):
+    """Both modes run and give positive rates; the baseline really builds its objects again per image."""
+    from deeplense_tf.data import sim_render
+    from pipelines import sim_speed
+
+    built = []
+    original = sim_render.Renderer.__init__
+    monkeypatch.setattr(sim_render.Renderer, "__init__", lambda self, *a: (built.append(a), original(self, *a))[1])
+    assert sim_speed.rebuilt_rate("model_ii", 4) > 0
+    assert len(built) == 5  # the untimed warm-up image and each of the 4 timed ones
+    assert sim_speed.main(["--preset", "model_ii", "--workers", "1", "--n", "2", "--baseline-n", "2", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| model_ii |" in out and "1 worker(s)" in out
+    row = {"preset": "x", "rebuilt": 10.0, 1: 20.0, 2: 55.0, "load": 1.0}
+    assert "| x | 20.0 | 55.0 | 10.0 | 5.5x | 1.0 |" in sim_speed.markdown([row], [1, 2])

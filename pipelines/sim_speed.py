@@ -1,0 +1,108 @@
+"""Simulator throughput: images/s per preset and worker count, against the published scripts' way.
+
+    python -m pipelines.sim_speed                                  # every preset, 1 and 2 workers
+    python -m pipelines.sim_speed --preset model_ii --workers 1 2 4 --n 200 --markdown
+
+"workers K": ``simulate(preset, n, ...)`` end to end into a fresh folder (process start-up,
+lenstronomy import, rendering, the atomic ``.npy`` writes and ``metadata.csv``), images of
+all classes divided by the wall time. "rebuilt per image": one process that, like the
+DeepLenseSim scripts, builds the cosmology and every lenstronomy class again for each image
+(``--baseline-n`` images, the caches emptied before each one); the published scripts also
+draw a pyHalo realisation per image, which costs more still, so the ratio is a lower bound
+on the gain. The issue's target: at least 5x the published way on the same 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from deeplense_tf.data import sim_lensfinding, sim_physics, sim_render
+from deeplense_tf.data.simulate import PRESETS, get_preset, simulate, simulate_one
+
+
+def workers_rate(preset: str, n_per_class: int, workers: int, seed: int = 0) -> float:
+    """Images/s of ``simulate`` end to end with ``workers`` processes."""
+    out = Path(tempfile.mkdtemp(prefix=f"sim_speed_{preset}_"))
+    try:
+        start = time.perf_counter()
+        simulate(preset, n_per_class, seed, out / "set", workers=workers, progress=False)
+        elapsed = time.perf_counter() - start
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return n_per_class * len(get_preset(preset).classes) / elapsed
+
+
+def _forget_built_objects() -> None:
+    sim_render._RENDERERS.clear()
+    sim_lensfinding._RENDERERS.clear()
+    sim_physics.cosmology.cache_clear()
+    sim_physics.einstein_scale.cache_clear()
+
+
+def rebuilt_rate(preset: str, n_images: int, seed: int = 0) -> float:
+    """Images/s in one process when every image builds its cosmology and lenstronomy classes anew."""
+    classes = get_preset(preset).classes
+    simulate_one(preset, classes[0], 0, seed)  # imports, not counted
+    start = time.perf_counter()
+    for i in range(n_images):
+        _forget_built_objects()
+        simulate_one(preset, classes[i % len(classes)], i // len(classes), seed)
+    return n_images / (time.perf_counter() - start)
+
+
+def measure(presets: list[str], workers: list[int], n_per_class: int, baseline_n: int) -> list[dict]:
+    rows = []
+    for preset in presets:
+        row = {"preset": preset, "rebuilt": rebuilt_rate(preset, baseline_n) if baseline_n else None}
+        for k in workers:
+            row[k] = workers_rate(preset, n_per_class, k)
+        row["load"] = os.getloadavg()[0]
+        rows.append(row)
+        print(_text_row(row, workers), flush=True)
+    return rows
+
+
+def _text_row(row: dict, workers: list[int]) -> str:
+    cells = [f"{row['preset']:<20}"] + [f"{k} worker(s) {row[k]:7.1f} images/s" for k in workers]
+    if row["rebuilt"]:
+        cells.append(f"rebuilt per image {row['rebuilt']:6.1f} images/s")
+    return "  ".join(cells) + f"  load {row['load']:.1f}"
+
+
+def markdown(rows: list[dict], workers: list[int]) -> str:
+    head = ["preset", *[f"{k} worker{'s' if k > 1 else ''} (img/s)" for k in workers],
+            "rebuilt per image, 1 process (img/s)", f"gain at {max(workers)} workers", "load"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        gain = f"{row[max(workers)] / row['rebuilt']:.1f}x" if row["rebuilt"] else "-"
+        rebuilt = f"{row['rebuilt']:.1f}" if row["rebuilt"] else "-"
+        cells = [row["preset"], *[f"{row[k]:.1f}" for k in workers], rebuilt, gain, f"{row['load']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.sim_speed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", nargs="+", choices=list(PRESETS), default=list(PRESETS))
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--n", type=int, default=150, help="images per class for each timed run (default 150)")
+    parser.add_argument("--baseline-n", type=int, default=30,
+                        help="images for the rebuilt-per-image baseline; 0 skips it (default 30)")
+    parser.add_argument("--markdown", action="store_true", help="also print a BENCHMARKS.md table")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.baseline_n < 0 or min(args.workers) < 1:
+        parser.error("--n and --workers must be positive, --baseline-n at least 0")
+    rows = measure(args.preset, args.workers, args.n, args.baseline_n)
+    if args.markdown:
+        print(markdown(rows, args.workers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
