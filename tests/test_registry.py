@@ -12,6 +12,7 @@ import pytest
 
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.models import applications, registry
+from deeplense_tf.models.convnets import FastDepthwiseConv2D
 from deeplense_tf.models.preprocess import preprocessing_block
 from deeplense_tf.models.registry import (
     ARCHS,
@@ -149,7 +150,7 @@ def test_convnext_depthwise_swap_keeps_outputs():
                                                    fast_depthwise=False)
     swapped = applications.grouped_to_depthwise(grouped)
     kinds = [type(layer) for layer in swapped.layers]
-    assert kinds.count(keras.layers.DepthwiseConv2D) == 18
+    assert kinds.count(FastDepthwiseConv2D) == 18
     assert not any(type(l) is keras.layers.Conv2D and l.groups > 1 for l in swapped.layers)
     x = tiny_images(2, 32, seed=2)
     np.testing.assert_allclose(np.asarray(swapped(x)), np.asarray(grouped(x)), atol=1e-4)
