@@ -34,9 +34,11 @@ def test_sim_speed_times_every_mode_and_rebuilds_per_image(monkeypatch, capsys):
 
     built = []
     original = sim_render.Renderer.__init__
-    monkeypatch.setattr(sim_render.Renderer, "__init__", lambda self, *a: (built.append(a), original(self, *a))[1])
+    monkeypatch.setattr(sim_render.Renderer, "__init__",
+                        lambda self, *a, **k: (built.append(k), original(self, *a, **k))[1])
     assert sim_speed.rebuilt_rate("model_ii", 4) > 0
     assert len(built) == 5  # the untimed warm-up image and each of the 4 timed ones
+    assert built[1:] == [{"grouped": False}] * 4  # timed: one POINT_MASS per point, as the published scripts
     assert sim_speed.main(["--preset", "model_ii", "--workers", "1", "--n", "2", "--baseline-n", "2", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| model_ii |" in out and "1 worker(s)" in out

@@ -38,18 +38,79 @@ def _band_kwargs(instrument: str) -> dict:
     raise ValueError(f"no lenstronomy observation preset for instrument {instrument!r}")
 
 
+class PointMasses:
+    """All subhalo / vortex point masses of an image as one lenstronomy lens profile.
+
+    lenstronomy evaluates each ``POINT_MASS`` over the whole grid in its own call, about a
+    dozen array passes each: 100 calls per axion image, half of a 150x150 Model I render.
+    This profile takes arrays of ``theta_E``, ``center_x``, ``center_y`` and sums
+    alpha = sum_k theta_k^2 / conj(z - z_k) in complex arithmetic, three in-place passes per
+    point mass: the same deflection as ``POINT_MASS`` (to float64 rounding), 1.7x faster at
+    150 px and 2.1x at 64 px (measured on the project's 2-core CPU). Blocks of several point
+    masses at once were slower: their temporaries leave the cache. Rendering an image needs
+    only deflections, so only ``derivatives`` is provided.
+    """
+
+    param_names = ["theta_E", "center_x", "center_y"]
+
+    def derivatives(self, x, y, theta_E, center_x, center_y):
+        z_conj = np.asarray(x, dtype=float) - 1j * np.asarray(y, dtype=float)
+        centres_conj = np.asarray(center_x, dtype=float).ravel() - 1j * np.asarray(center_y, dtype=float).ravel()
+        total = np.zeros(z_conj.shape, dtype=complex)
+        term = np.empty_like(z_conj)
+        for centre, strength in zip(centres_conj, np.asarray(theta_E, dtype=float).ravel() ** 2):
+            np.subtract(z_conj, centre, out=term)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.divide(strength, term, out=term)
+            if not np.isfinite(term).all():  # a pixel exactly on the point mass: lenstronomy gives it 0
+                term[~np.isfinite(term)] = 0
+            total += term
+        return total.real, total.imag
+
+
+def group_point_masses(kwargs_lens: list[dict]) -> list[dict]:
+    """[SIE, SHEAR, point mass, point mass, ...] -> [SIE, SHEAR, {arrays of all point masses}]."""
+    main, points = kwargs_lens[:2], kwargs_lens[2:]
+    if not points:
+        return list(main)
+    return [*main, {name: np.array([k[name] for k in points]) for name in PointMasses.param_names}]
+
+
+def _use_grouped_point_masses(image_model) -> bool:
+    """Swap lenstronomy's third lens profile for ``PointMasses``; False if its layout is unexpected."""
+    from lenstronomy.LensModel.Profiles.point_mass import PointMass
+
+    lens_model = getattr(getattr(image_model, "LensModel", None), "lens_model", None)
+    holder = getattr(lens_model, "_multi_plane_base", lens_model)  # SimAPI presets: multi-plane, one redshift
+    functions = getattr(holder, "func_list", None)
+    if not isinstance(functions, list) or len(functions) != 3 or type(functions[2]) is not PointMass:
+        return False
+    functions[2] = PointMasses()
+    return True
+
+
 class Renderer:
     """Noiseless model images and noisy observations for one (preset, class, geometry)."""
 
-    def __init__(self, preset: Preset, cls: str, geometry: str):
+    def __init__(self, preset: Preset, cls: str, geometry: str, grouped: bool = True):
+        """``grouped``: all point masses as one ``PointMasses`` profile (the fast default);
+        False, or a lenstronomy whose layout is not the expected one: one ``POINT_MASS`` each."""
         from .sim_physics import N_SUBHALOS, VORTEX_POINTS
 
         self.preset = preset
         n_points = {"no_sub": 0, "cdm": N_SUBHALOS, "axion": VORTEX_POINTS}[cls]
-        self.lens_models = ["SIE", "SHEAR"] + ["POINT_MASS"] * n_points
+        self.grouped = False
+        if grouped and n_points:
+            self._build(geometry, ["SIE", "SHEAR", "POINT_MASS"])
+            self.grouped = _use_grouped_point_masses(self.image_model)
+        if not self.grouped:
+            self._build(geometry, ["SIE", "SHEAR"] + ["POINT_MASS"] * n_points)
+
+    def _build(self, geometry: str, lens_models: list[str]) -> None:
+        self.lens_models = lens_models
         with warnings.catch_warnings():  # "Cosmology is provided ..." from multi-plane setup
             warnings.simplefilter("ignore")
-            if preset.uses_simapi:
+            if self.preset.uses_simapi:
                 self._build_simapi(geometry)
             else:
                 self._build_generic()
@@ -97,6 +158,8 @@ class Renderer:
         SimAPI presets turn the source magnitude into an amplitude and record it and the exposure.
         """
         kwargs_lens, source = params
+        if self.grouped:
+            kwargs_lens = group_point_masses(kwargs_lens)
         if self.sim is None:
             return kwargs_lens, [source]
         _, kwargs_source, _ = self.sim.magnitude2amplitude(None, [source])
