@@ -48,6 +48,7 @@ def _forget_built_objects() -> None:
 def rebuilt_rate(preset: str, n_images: int, seed: int = 0) -> float:
     """Images/s in one process when every image builds its cosmology and lenstronomy classes anew."""
     classes = get_preset(preset).classes
+    _forget_built_objects()  # whatever ran before in this process
     simulate_one(preset, classes[0], 0, seed)  # imports, not counted
     start = time.perf_counter()
     p = get_preset(preset)

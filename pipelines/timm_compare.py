@@ -5,11 +5,11 @@
     python -m pipelines.timm_compare --torch-python /path/to/venv/bin/python --steps 6
 
 PyTorch is not a dependency of the package: timm runs in a Python of its own (``--torch-python``,
-default /work/torchvenv/bin/python), made once with
+default ``$TORCH_PYTHON`` or ``.torchvenv/bin/python`` in the project folder), made once with
 
-    python3 -m venv /work/torchvenv
-    /work/torchvenv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
-    /work/torchvenv/bin/pip install timm numpy
+    python3 -m venv .torchvenv
+    .torchvenv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
+    .torchvenv/bin/pip install timm numpy
 
 Ours: ``pipelines.train_speed`` (its own process; the whole model: standardisation, flips and
 rot90, backbone, softmax head; oneDNN on). timm: ``timm.create_model(name, in_chans=1,
@@ -38,11 +38,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
+TORCH_VENV = Path(__file__).resolve().parents[1] / ".torchvenv"  # beside the project, git-ignored
+DEFAULT_TORCH_PYTHON = os.environ.get("TORCH_PYTHON", str(TORCH_VENV / "bin" / "python"))
 INSTALL_HINT = (
-    "python3 -m venv /work/torchvenv && "
-    "/work/torchvenv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu && "
-    "/work/torchvenv/bin/pip install timm numpy"
+    f"python3 -m venv {TORCH_VENV} && "
+    f"{TORCH_VENV}/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu && "
+    f"{TORCH_VENV}/bin/pip install timm numpy"
 )
 
 

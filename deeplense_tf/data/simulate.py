@@ -179,9 +179,8 @@ def _build_renderers_here(jobs: list[dict]) -> None:
     per worker (for Model I at 150 per class that was a third of the run). Drawing without
     rendering leaves every image's generator untouched: the images do not change.
     """
-    for key in dict.fromkeys((j["preset"], j["cls"], j["noise"], j["geometry"], j["seed"]) for j in jobs):
-        preset, cls, noise, geometry, seed = key
-        simulate_one(preset, cls, 0, seed, noise, geometry, render=False)
+    for preset, cls, geometry in dict.fromkeys((j["preset"], j["cls"], j["geometry"]) for j in jobs):
+        simulate_one(preset, cls, 0, 0, geometry=geometry, render=False)
 
 
 def _execute(jobs: list[dict], workers: int, progress: bool, desc: str) -> list[dict]:

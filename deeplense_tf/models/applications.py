@@ -9,7 +9,7 @@ Two rebuilds keep the library's layers and weights but fix what hurts here:
 - grouped -> depthwise: ConvNeXt's 7x7 depthwise convolution is ``Conv2D(groups=dim)``,
   ~37x slower on CPU than ``DepthwiseConv2D``; ``grouped_to_depthwise`` swaps every such
   layer (same weights, kernel reshaped) for a ``convnets.FastDepthwiseConv2D``: a
-  ``DepthwiseConv2D`` whose kernel gradient is 3-10x faster on maps smaller than its kernel,
+  ``DepthwiseConv2D`` whose kernel gradient is faster on maps smaller than its kernel,
   as ConvNeXt's last two stages are at 64 px. Every ``DepthwiseConv2D`` on such a map
   (EfficientNet's and MobileNet's last stages) becomes one too. Applied by default to every
   family; a model with no such layer is returned as built.

@@ -12,9 +12,9 @@ CPU speed decides three blocks:
 - ConvNeXt's 7x7 convolution is a ``DepthwiseConv2D`` (Keras' own ConvNeXt uses
   ``Conv2D(groups=dim)``, ~37x slower on CPU, see applications.py).
 - That ``DepthwiseConv2D`` is a ``FastDepthwiseConv2D``: TensorFlow's kernel gradient of a depthwise convolution
-  (``DepthwiseConv2dNativeBackpropFilter``) is 3-10x slower than it need be on maps smaller
+  (``DepthwiseConv2dNativeBackpropFilter``) is slower than it need be on maps smaller
   than the kernel, which is where ConvNeXt's last two stages run at 64 px (4x4 and 2x2 maps,
-  7x7 kernel): 20 % of ConvNeXt-Tiny's training step in the profiler. That layer computes
+  7x7 kernel): ~20 % of ConvNeXt-Tiny's training step in ``pipelines.profile``. That layer computes
   the same gradient as one depthwise convolution instead.
 - ResNeXt's grouped 3x3 convolution is ``GroupedConv2D``: split the channels into the
   groups, one ordinary convolution per group, concatenate. Keras sends
