@@ -8,9 +8,17 @@ lenstronomy import, rendering, the atomic ``.npy`` writes and ``metadata.csv``),
 all classes divided by the wall time. "rebuilt per image": one process that, like the
 DeepLenseSim scripts, builds the cosmology and every lenstronomy class again for each image
 (``--baseline-n`` images, the caches emptied before each one, one lenstronomy ``POINT_MASS``
-per subhalo or vortex point as theirs); the published scripts also
-draw a pyHalo realisation per image, which costs more still, so the ratio is a lower bound
-on the gain. The issue's target: at least 5x the published way on the same 2 cores.
+per subhalo or vortex point as theirs). The published scripts also draw a pyHalo CDM
+realisation for every image (``DeepLens.__init__`` calls ``CDM(z_lens, z_source,
+cone_opening_angle_arcsec=10)`` only to get a cosmology, for Models I-III alike): where pyHalo
+imports, "published way" adds the measured time of that call (mean of ``--pyhalo-n`` draws
+after one untimed draw) to the rebuilt-per-image time. Without pyHalo that column is empty
+and "gain" over "rebuilt per image" is a lower bound. pyHalo >= 1.4 needs a newer
+lenstronomy than this project's; 1.3.5 imports against lenstronomy 1.14:
+
+    pip install "pyHalo==1.3.5" colossus
+
+The issue's target: at least 5x the published way on the same 2 cores.
 """
 
 from __future__ import annotations
@@ -62,10 +70,51 @@ def rebuilt_rate(preset: str, n_images: int, seed: int = 0) -> float:
     return n_images / (time.perf_counter() - start)
 
 
-def measure(presets: list[str], workers: list[int], n_per_class: int, baseline_n: int) -> list[dict]:
+def pyhalo_seconds(n_draws: int) -> tuple[float | None, str]:
+    """Mean seconds of the pyHalo CDM realisation the published scripts draw per image, or (None, why)."""
+    try:
+        try:
+            from pyHalo.preset_models import CDM  # the published scripts' import (pyHalo < 1.0)
+        except ImportError:
+            from pyHalo.PresetModels.cdm import CDM
+    except Exception as e:  # absent, or built for another lenstronomy
+        return None, f"pyHalo not importable ({type(e).__name__}: {e})"
+    CDM(sim_physics.Z_LENS, sim_physics.Z_SOURCE, cone_opening_angle_arcsec=10)  # set-up, not counted
+    start = time.perf_counter()
+    for _ in range(n_draws):
+        CDM(sim_physics.Z_LENS, sim_physics.Z_SOURCE, cone_opening_angle_arcsec=10)
+    return (time.perf_counter() - start) / n_draws, f"pyHalo {_installed_version('pyHalo')}"
+
+
+def _installed_version(distribution: str) -> str:
+    """The installed package's version (pyHalo 1.3.5's ``__version__`` still says 0.2.8)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def published_rate(rebuilt: float | None, pyhalo_s: float | None) -> float | None:
+    """Images/s of the published way: the rebuilt-per-image time plus one pyHalo realisation."""
+    if not rebuilt or pyhalo_s is None:
+        return None
+    return 1.0 / (1.0 / rebuilt + pyhalo_s)
+
+
+def measure(presets: list[str], workers: list[int], n_per_class: int, baseline_n: int,
+            pyhalo_n: int = 0) -> list[dict]:
     rows = []
+    pyhalo_s = None
+    if pyhalo_n and baseline_n and any(get_preset(p).kind == "deeplense" for p in presets):
+        pyhalo_s, why = pyhalo_seconds(pyhalo_n)
+        print(f"pyHalo CDM realisation per image: {pyhalo_s:.3f} s ({why})" if pyhalo_s is not None else why,
+              flush=True)
     for preset in presets:
         row = {"preset": preset, "rebuilt": rebuilt_rate(preset, baseline_n) if baseline_n else None}
+        deeplense = get_preset(preset).kind == "deeplense"  # the presets the published scripts make
+        row["published"] = published_rate(row["rebuilt"], pyhalo_s if deeplense else None)
         for k in workers:
             row[k] = workers_rate(preset, n_per_class, k)
         row["load"] = os.getloadavg()[0]
@@ -78,17 +127,23 @@ def _text_row(row: dict, workers: list[int]) -> str:
     cells = [f"{row['preset']:<20}"] + [f"{k} worker(s) {row[k]:7.1f} images/s" for k in workers]
     if row["rebuilt"]:
         cells.append(f"rebuilt per image {row['rebuilt']:6.1f} images/s")
+    if row.get("published"):
+        cells.append(f"published way {row['published']:6.2f} images/s")
     return "  ".join(cells) + f"  load {row['load']:.1f}"
 
 
 def markdown(rows: list[dict], workers: list[int]) -> str:
+    top = max(workers)
     head = ["preset", *[f"{k} worker{'s' if k > 1 else ''} (img/s)" for k in workers],
-            "rebuilt per image, 1 process (img/s)", f"gain at {max(workers)} workers", "load"]
+            "rebuilt per image, 1 process (img/s)", f"gain at {top} workers over rebuilt",
+            "published way with pyHalo, 1 process (img/s)", f"gain at {top} workers over published", "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        gain = f"{row[max(workers)] / row['rebuilt']:.1f}x" if row["rebuilt"] else "-"
-        rebuilt = f"{row['rebuilt']:.1f}" if row["rebuilt"] else "-"
-        cells = [row["preset"], *[f"{row[k]:.1f}" for k in workers], rebuilt, gain, f"{row['load']:.1f}"]
+        cells = [row["preset"], *[f"{row[k]:.1f}" for k in workers]]
+        for base, digits in (("rebuilt", 1), ("published", 2)):
+            rate = row.get(base)
+            cells += [f"{rate:.{digits}f}", f"{row[top] / rate:.1f}x"] if rate else ["-", "-"]
+        cells.append(f"{row['load']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -101,11 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=150, help="images per class for each timed run (default 150)")
     parser.add_argument("--baseline-n", type=int, default=30,
                         help="images for the rebuilt-per-image baseline; 0 skips it (default 30)")
+    parser.add_argument("--pyhalo-n", type=int, default=3,
+                        help="timed pyHalo CDM realisations for the published-way column, where pyHalo "
+                             "imports; 0 skips them (default 3)")
     parser.add_argument("--markdown", action="store_true", help="also print a BENCHMARKS.md table")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.baseline_n < 0 or min(args.workers) < 1:
-        parser.error("--n and --workers must be positive, --baseline-n at least 0")
-    rows = measure(args.preset, args.workers, args.n, args.baseline_n)
+    if args.n < 1 or args.baseline_n < 0 or args.pyhalo_n < 0 or min(args.workers) < 1:
+        parser.error("--n and --workers must be positive, --baseline-n and --pyhalo-n at least 0")
+    rows = measure(args.preset, args.workers, args.n, args.baseline_n, args.pyhalo_n)
     if args.markdown:
         print(markdown(rows, args.workers))
     return 0
