@@ -7,14 +7,15 @@
 lenstronomy import, rendering, the atomic ``.npy`` writes and ``metadata.csv``), images of
 all classes divided by the wall time. "rebuilt per image": one process that, like the
 DeepLenseSim scripts, builds the cosmology and every lenstronomy class again for each image
-(``--baseline-n`` images, the caches emptied before each one, one lenstronomy ``POINT_MASS``
-per subhalo or vortex point as theirs). The published scripts also draw a pyHalo CDM
-realisation for every image (``DeepLens.__init__`` calls ``CDM(z_lens, z_source,
-cone_opening_angle_arcsec=10)`` only to get a cosmology, for Models I-III alike): where pyHalo
-imports, "published way" adds the measured time of that call (mean of ``--pyhalo-n`` draws
-after one untimed draw) to the rebuilt-per-image time. Without pyHalo that column is empty
-and "gain" over "rebuilt per image" is a lower bound. pyHalo >= 1.4 needs a newer
-lenstronomy than this project's; 1.3.5 imports against lenstronomy 1.14:
+(``--baseline-n`` images, the caches emptied before each one; as theirs, one lenstronomy
+``POINT_MASS`` per subhalo or vortex point and lenstronomy's whole ``ImageModel.image``).
+The published scripts also draw a pyHalo CDM realisation for every image
+(``DeepLens.__init__`` calls ``CDM(z_lens, z_source, cone_opening_angle_arcsec=10)`` only to
+get a cosmology, for Models I-III alike): where pyHalo imports, "published way" adds the
+measured time of that call (mean of ``--pyhalo-n`` draws after one untimed draw) to the
+rebuilt-per-image time. Without pyHalo that column is empty and the gain over "rebuilt per
+image" is a lower bound. pyHalo >= 1.4 needs a newer lenstronomy than this project's; 1.3.5
+imports against lenstronomy 1.14:
 
     pip install "pyHalo==1.3.5" colossus
 
@@ -53,6 +54,14 @@ def _forget_built_objects() -> None:
     sim_physics.einstein_scale.cache_clear()
 
 
+class _PublishedRenderer(sim_render.Renderer):
+    """Renders as the published scripts do: lenstronomy's whole ``ImageModel.image`` (lens light
+    and point sources included, though empty), one ``POINT_MASS`` per point (``grouped=False``)."""
+
+    def model(self, kwargs_lens, kwargs_source):
+        return self.image_model.image(kwargs_lens, kwargs_source, None, None)
+
+
 def rebuilt_rate(preset: str, n_images: int, seed: int = 0) -> float:
     """Images/s in one process when every image builds its cosmology and lenstronomy classes anew."""
     classes = get_preset(preset).classes
@@ -64,8 +73,8 @@ def rebuilt_rate(preset: str, n_images: int, seed: int = 0) -> float:
         _forget_built_objects()
         cls = classes[i % len(classes)]
         if p.kind == "deeplense":  # the published way: one lenstronomy POINT_MASS per subhalo / vortex point
-            sim_render._RENDERERS[(p, cls, "deeplensesim")] = sim_render.Renderer(p, cls, "deeplensesim",
-                                                                                grouped=False)
+            sim_render._RENDERERS[(p, cls, "deeplensesim")] = _PublishedRenderer(p, cls, "deeplensesim",
+                                                                               grouped=False)
         simulate_one(preset, cls, i // len(classes), seed)
     return n_images / (time.perf_counter() - start)
 

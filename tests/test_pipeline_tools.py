@@ -42,6 +42,7 @@ def test_sim_speed_times_every_mode_and_rebuilds_per_image(monkeypatch, capsys):
     assert sim_speed.rebuilt_rate("model_ii", 4) > 0
     assert len(built) == 5  # the untimed warm-up image and each of the 4 timed ones
     assert built[1:] == [{"grouped": False}] * 4  # timed: one POINT_MASS per point, as the published scripts
+    assert all(type(r) is sim_speed._PublishedRenderer for r in sim_render._RENDERERS.values())
     assert sim_speed.main(["--preset", "model_ii", "--workers", "1", "--n", "2", "--baseline-n", "2", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| model_ii |" in out and "1 worker(s)" in out

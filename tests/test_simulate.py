@@ -227,6 +227,23 @@ def test_grouped_point_masses_render_what_one_profile_each_renders(preset, cls):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
 
 
+@pytest.mark.parametrize("preset", ["model_i", "model_ii", "model_iii"])
+@pytest.mark.parametrize("cls", ["no_sub", "axion"])
+def test_model_image_is_lenstronomys_whole_image(preset, cls):
+    """Renderer.model skips the lens light and point sources these presets lack: bit for bit
+    lenstronomy's ImageModel.image."""
+    from deeplense_tf.data.sim_physics import draw
+    from deeplense_tf.data.sim_render import Renderer
+
+    p = sim.get_preset(preset)
+    renderer = Renderer(p, cls, "deeplensesim")
+    params, meta = draw(p, cls, "deeplensesim", sim.image_rng(0, p.classes.index(cls), 3))
+    kwargs_lens, kwargs_source = renderer.prepare(params, meta)
+    got = renderer.model(kwargs_lens, kwargs_source)
+    assert got.max() > 0
+    np.testing.assert_array_equal(got, renderer.image_model.image(kwargs_lens, kwargs_source, None, None))
+
+
 def test_point_on_a_pixel_deflects_it_by_nothing_as_lenstronomy_does():
     from deeplense_tf.data.sim_render import PointMasses
 

@@ -188,8 +188,13 @@ class Renderer:
         return self.observe(self.model(*params), meta, rng, noise)
 
     def model(self, kwargs_lens: list[dict], kwargs_source: list[dict]) -> np.ndarray:
-        """Noiseless image: e-/s for the SimAPI presets, flux per unit exposure otherwise."""
-        return self.image_model.image(kwargs_lens, kwargs_source, None, None)
+        """Noiseless image: e-/s for the SimAPI presets, flux per unit exposure otherwise.
+
+        The lensed source alone: ``image_model.image`` would add the lens light and point
+        sources these presets do not have, after convolving an image of zeros with the PSF
+        (0.6 ms of a 150x150 render).
+        """
+        return self.image_model.source_surface_brightness(kwargs_source, kwargs_lens)
 
     def observe(self, model: np.ndarray, meta: dict, rng: np.random.Generator, noise: str) -> np.ndarray:
         """The stored image (float32) for a noise mode: "on", "off" or "published"."""
