@@ -192,8 +192,7 @@ class Renderer:
         """Noiseless image: e-/s for the SimAPI presets, flux per unit exposure otherwise.
 
         The lensed source alone: ``image_model.image`` would add the lens light and point
-        sources these presets do not have, after convolving an image of zeros with the PSF
-        (0.6 ms of a 150x150 render).
+        sources these presets do not have, after convolving an image of zeros with the PSF.
         """
         return self.image_model.source_surface_brightness(kwargs_source, kwargs_lens)
 
