@@ -136,22 +136,20 @@ def _images(batch):
     return batch[0] if isinstance(batch, tuple) else batch
 
 
-class RecalibrateBatchNorm(keras.callbacks.Callback):
-    """During ``fit``: recalibrate BatchNorm just before each validation pass (and so before the
-    epoch's checkpoint), from a training-data pipeline ``dataset``."""
+class _BeforeValidation(keras.callbacks.Callback):
+    """Runs ``_update()`` once an epoch during ``fit``: just before the validation pass, or at the
+    epoch's end when there is none; either way before the checkpoint callback placed after it."""
 
-    def __init__(self, dataset: tf.data.Dataset, batches: int = 20, strategy: tf.distribute.Strategy | None = None):
+    def __init__(self):
         super().__init__()
-        self.dataset = dataset
-        self.batches = int(batches)
-        self.strategy = strategy  # see BatchNormRecalibrator
-        self._recalibrate = None
         self._fitting = False
         self._done_this_epoch = False
 
+    def _update(self) -> None:
+        raise NotImplementedError
+
     def on_train_begin(self, logs=None):
         self._fitting = True
-        self._recalibrate = BatchNormRecalibrator(self.model, self.batches, strategy=self.strategy)
 
     def on_train_end(self, logs=None):
         self._fitting = False
@@ -161,13 +159,47 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if self._fitting and not self._done_this_epoch:
-            self._recalibrate(self.dataset)
+            self._update()
             self._done_this_epoch = True
 
     def on_epoch_end(self, epoch, logs=None):
-        # No validation data: the checkpoint written at this epoch's end still gets fresh statistics
-        # (this callback runs before the checkpoint callback).
         if not self._done_this_epoch:
-            self._recalibrate(self.dataset)
+            self._update()
             self._done_this_epoch = True
 
+
+class RecalibrateBatchNorm(_BeforeValidation):
+    """During ``fit``: recalibrate BatchNorm just before each validation pass (and so before the
+    epoch's checkpoint), from a training-data pipeline ``dataset``."""
+
+    def __init__(self, dataset: tf.data.Dataset, batches: int = 20, strategy: tf.distribute.Strategy | None = None):
+        super().__init__()
+        self.dataset = dataset
+        self.batches = int(batches)
+        self.strategy = strategy  # see BatchNormRecalibrator
+        self._recalibrate = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._recalibrate = BatchNormRecalibrator(self.model, self.batches, strategy=self.strategy)
+
+    def _update(self) -> None:
+        self._recalibrate(self.dataset)
+
+
+class AverageBatchNormOverReplicas(_BeforeValidation):
+    """During a ``fit`` under a several-replica strategy without recalibration (``--bn-recalibration 0``):
+    replace every replica's BatchNorm averages by their mean before each validation pass, so that
+    validation, the checkpoint (which saves replica 0's copy) and the export see one network."""
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._average = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._average = BatchNormRecalibrator(self.model, batches=0, strategy=self.strategy)
+
+    def _update(self) -> None:
+        self._average.average_over_replicas()

@@ -128,6 +128,36 @@ def strategy_share(strategy: tf.distribute.Strategy, x, y, batch_size: int) -> t
     return worker_share(x, y, batch_size, strategy.num_replicas_in_sync, *place)
 
 
+def whole_steps(dataset: tf.data.Dataset, replicas: int, training: bool = True) -> tuple[tf.data.Dataset, int | None]:
+    """A one-pass pipeline of per-replica batches for ``fit`` over ``replicas`` local replicas
+    (``--strategy mirrored``), repeated, with the steps of one pass to give ``fit``
+    (``steps_per_epoch``, ``validation_steps``); ``(dataset, None)`` where nothing needs doing.
+
+    Why: a step takes one batch per replica, but Keras counts the distributed dataset's length in
+    batches. Training ran one step past the data (every replica's batch empty, yet the optimiser
+    stepped) and every validation pass ended on "ran out of data". Training is cut to whole steps:
+    the fewer than ``replicas`` batches left over are others every epoch (the order is drawn per
+    epoch). Evaluation keeps every batch, so it is only repeated when its batches fill whole steps
+    (``whole_step_batch``); otherwise it stays as it is (Keras warns, the metrics are right)."""
+    batches = int(dataset.cardinality())
+    if replicas == 1 or batches < 0 or (not training and batches % replicas):
+        return dataset, None
+    steps = batches // replicas
+    if steps == 0:
+        raise ConfigError(f"{batches} training batch(es) for {replicas} replicas: lower --batch-size so that "
+                          "every replica gets at least one batch a step")
+    return dataset.take(steps * replicas).repeat(), steps
+
+
+def whole_step_batch(rows: int, batch: int, replicas: int) -> int:
+    """The largest per-replica batch <= ``batch`` that cuts ``rows`` into whole steps (a multiple of
+    ``replicas`` batches), for evaluation under ``whole_steps``; ``batch`` when none does."""
+    for size in range(batch, 0, -1):
+        if -(-rows // size) % replicas == 0:
+            return size
+    return batch
+
+
 def distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
     """Each replica reads its own batches of ``dataset`` as they are. (``fit`` would otherwise pass it
     through ``experimental_distribute_dataset``, whose rebatching rewrite turned the pipeline's

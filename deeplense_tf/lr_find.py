@@ -133,6 +133,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     if args.steps < 10:
         raise ConfigError(f"--steps must be >= 10. Received: {args.steps}")
     config = config_from_args(args)
+    if config.train.strategy == "multiworker":
+        raise ConfigError("lr_find runs on one machine (all its GPUs with --strategy mirrored); "
+                          "--strategy multiworker is not supported")
     config = replace(config, train={"schedule": "constant", "sam_rho": 0.0})  # the ramp sets the rate
     strategy = set_up(config.train)
     data = prepare_data(config)

@@ -17,13 +17,14 @@ import pandas as pd
 import tensorflow as tf
 
 from deeplense_tf import runs
-from deeplense_tf.batchnorm import RecalibrateBatchNorm
+from deeplense_tf.batchnorm import AverageBatchNormOverReplicas, RecalibrateBatchNorm
 from deeplense_tf.callbacks import AtomicCheckpoint, LogLearningRate, StopOnNaN
 from deeplense_tf.config import RunConfig, TrainConfig, replace
 from deeplense_tf.data.pipeline import create_dataset
 from deeplense_tf.data.prepare import PreparedData, check_split, prepare_data, split_table
 from deeplense_tf.data.stream_source import StreamSource
-from deeplense_tf.distributed import distribute, fit_distributed, is_chief, make_strategy, on_chief, strategy_share
+from deeplense_tf.distributed import (distribute, fit_distributed, is_chief, make_strategy, on_chief,
+                                     strategy_share, whole_step_batch, whole_steps)
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.evaluate import evaluate_predictions, predict, summary_line
 from deeplense_tf.export import export_run
@@ -161,7 +162,14 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
                                   cache=(True if t.cache == "memory" else t.cache) if t.cache else False)
         if t.class_weights == "balanced" and task.name in ("classification", "lens_finding"):
             train_ds = with_class_weights(train_ds, data.y[data.splits["train"]])  # whole split: alike on every worker
-    val_ds = create_dataset(x_val, _fit_labels(task.name, y_val), batch, training=False)
+    # Local replicas (--strategy mirrored): whole steps (distributed.whole_steps); fit_distributed counts its own.
+    replicas = 1 if t.strategy == "multiworker" else strategy.num_replicas_in_sync
+    steps = stream.plan.steps_per_epoch if stream else None
+    if stream is None:
+        train_ds, steps = whole_steps(train_ds, replicas)
+    val_ds, val_steps = whole_steps(create_dataset(x_val, _fit_labels(task.name, y_val),
+                                                   whole_step_batch(len(y_val), batch, replicas), training=False),
+                                    replicas, training=False)
     state_path = run_dir / runs.STATE
     best = runs.read_json(state_path).get("best") if state_path.exists() else None
     nan_guard = StopOnNaN()
@@ -174,6 +182,10 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
             stream.recalibration_dataset() if stream else
             create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed + 1,
                            first_epoch=initial_epoch), t.bn_recalibration),)
+    elif strategy.num_replicas_in_sync > 1 and t.strategy != "multiworker":  # fit_distributed averages itself
+        # No recalibration (--bn-recalibration 0, or fit inside a strategy scope as KerasTuner calls it):
+        # each replica would keep its own BatchNorm averages (batchnorm.py); make them one.
+        recalibration = (AverageBatchNormOverReplicas(strategy),)
     schedule = ()
     if t.schedule == "plateau":
         schedule = (keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5,
@@ -205,7 +217,7 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
         else:
             history = model.fit(distribute(strategy, train_ds), validation_data=distribute(strategy, val_ds),
                                 epochs=t.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
-                                steps_per_epoch=stream.plan.steps_per_epoch if stream else None,
+                                steps_per_epoch=steps, validation_steps=val_steps,
                                 verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (train.main turns it into this)
         done = runs.read_json(state_path)["epochs_done"] if state_path.exists() else 0

@@ -76,15 +76,84 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(sim_cache, tmp_path
     np.testing.assert_allclose(pd.read_csv(chief / "history.csv")["val_loss"].iloc[-1], val_loss, rtol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["mirrored", "one-device"])
-def test_single_machine_strategies_finish(sim_cache, tmp_path, strategy):
-    assert train.main([*COMMON, "--epochs", "1", "--strategy", strategy, "--out", str(tmp_path)]) == 0
-    (run,) = list(tmp_path.iterdir())
+def _check_finished(run, strategy, steps_per_epoch, epochs=1):
+    """Exported, and trained ``steps_per_epoch(n_train)`` steps an epoch."""
     assert (run / "export" / "saved_model").is_dir()
     assert json.loads((run / "config.json").read_text())["train"]["strategy"] == strategy
     n_train = json.loads((run / "data.json").read_text())["counts"]["train"]
     steps = keras.models.load_model(run / "checkpoints" / "last.keras").optimizer.iterations
-    assert int(steps.numpy()) == -(-n_train // 4)  # batches of --batch-size, not whole blocks of rows
+    assert int(steps.numpy()) == epochs * steps_per_epoch(n_train)
+
+
+def test_one_device_strategy_finishes(sim_cache, tmp_path):
+    assert train.main([*COMMON, "--epochs", "1", "--strategy", "one-device", "--out", str(tmp_path)]) == 0
+    (run,) = list(tmp_path.iterdir())
+    _check_finished(run, "one-device", lambda n: -(-n // 4))  # batches of --batch-size, not whole blocks of rows
+
+
+# --strategy mirrored over two logical CPUs (two replicas, as two GPUs), without BatchNorm recalibration:
+# records how far apart the replicas' copies of the BatchNorm averages are when the trainer's averaging
+# callback runs (before validation and the checkpoint), before and after it.
+MIRRORED_TWO_REPLICAS = """
+import json, sys, numpy as np, tensorflow as tf
+cpu, = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from deeplense_tf import distributed, train, trainer
+from deeplense_tf.batchnorm import batch_norm_layers
+distributed.LOCAL_STRATEGIES["mirrored"] = lambda gpus: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+spreads = []
+def spread(model):
+    copies = [np.stack([c.numpy() for c in v.value.values]) for layer in batch_norm_layers(model)
+              for v in (layer.moving_mean, layer.moving_variance)]
+    assert all(len(c) == 2 for c in copies)
+    return float(max(np.abs(c[0] - c[1]).max() for c in copies))
+class Spy(trainer.AverageBatchNormOverReplicas):
+    def _update(self):
+        before = spread(self.model)
+        super()._update()
+        spreads.append([before, spread(self.model)])
+trainer.AverageBatchNormOverReplicas = Spy
+code = train.main(sys.argv[1:])
+print(json.dumps({"code": code, "spreads": spreads}))
+"""
+
+
+def test_mirrored_strategy_on_two_replicas_keeps_one_set_of_batchnorm_averages(sim_cache, tmp_path):
+    argv = [*COMMON, "--epochs", "2", "--strategy", "mirrored", "--bn-recalibration", "0", "--out", str(tmp_path)]
+    # Before whole_steps, the last validation step handed replica 1 an empty batch (6 images, 2 a replica),
+    # on which oneDNN's CPU convolution failed ("Incompatible shapes: [0,33,33,16] vs. [72]").
+    out = subprocess.run([sys.executable, "-c", MIRRORED_TWO_REPLICAS, *argv], capture_output=True, text=True,
+                         timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["code"] == 0
+    assert len(r["spreads"]) == 2  # once an epoch
+    for before, after in r["spreads"]:
+        assert before > 1e-6, "the premise: each replica's batches moved its own copy"
+        assert after == 0.0
+    assert "ran out of data" not in out.stderr  # Keras counted steps, not batches (distributed.whole_steps)
+    (run,) = list(tmp_path.iterdir())
+    # Steps of one 2-image batch per replica; the odd batch left over is left out (others every epoch).
+    _check_finished(run, "mirrored", lambda n: -(-n // 2) // 2, epochs=2)
+
+
+def test_whole_steps_for_local_replicas():
+    batches = lambda n: tf.data.Dataset.range(n).batch(1)  # noqa: E731
+    one = batches(5)
+    assert distributed.whole_steps(one, 1) == (one, None)  # one replica: unchanged
+    train_ds, steps = distributed.whole_steps(batches(5), 2)  # 2 steps; the 5th batch left out
+    assert steps == 2 and [int(b[0]) for b in train_ds.take(8)] == [0, 1, 2, 3, 0, 1, 2, 3]  # a pass an epoch
+    val_ds, steps = distributed.whole_steps(batches(6), 3, training=False)
+    assert steps == 2 and [int(b[0]) for b in val_ds.take(6)] == list(range(6))
+    assert distributed.whole_steps(batches(5), 2, training=False)[1] is None  # evaluation drops nothing
+    with pytest.raises(ConfigError, match="--batch-size"):
+        distributed.whole_steps(batches(1), 2)
+    # evaluation batches: the largest per-replica size that fills whole steps
+    assert distributed.whole_step_batch(6, 2, 2) == 1  # 6 batches of 1 (3 steps), not 3 of 2
+    assert distributed.whole_step_batch(8, 2, 2) == 2
+    assert distributed.whole_step_batch(1001, 64, 2) == 64  # 16 batches, the last one of 41
+    assert distributed.whole_step_batch(10, 4, 1) == 4
+    assert distributed.whole_step_batch(1, 4, 2) == 4  # no size fills 2 replicas from 1 image: unchanged
 
 
 @pytest.mark.parametrize("value", [None, "not json", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", '
@@ -164,9 +233,14 @@ recalibrate = BatchNormRecalibrator(model, batches=20, strategy=strategy)
 recalibrate.average_over_replicas()
 averaged = copies(bn.moving_mean)
 used = recalibrate(tf.data.Dataset.from_tensor_slices(x).batch(16))
-print(json.dumps({"trained": trained, "averaged": averaged, "used": used, "means": copies(bn.moving_mean),
-                  "variances": copies(bn.moving_variance), "mean": float(x.sum(1).mean()),
-                  "var": float(x.sum(1).var())}))
+means, variances = copies(bn.moving_mean), copies(bn.moving_variance)
+for _ in range(10):
+    forward(shifted)  # apart again
+# As the trainer recalibrates under --strategy mirrored: outside the scope, in cross-replica context.
+BatchNormRecalibrator(model, batches=20)(tf.data.Dataset.from_tensor_slices(x).batch(16))
+print(json.dumps({"trained": trained, "averaged": averaged, "used": used, "means": means,
+                  "variances": variances, "mean": float(x.sum(1).mean()), "var": float(x.sum(1).var()),
+                  "local_means": copies(bn.moving_mean), "local_variances": copies(bn.moving_variance)}))
 """
 
 
@@ -182,6 +256,10 @@ def test_batchnorm_statistics_are_averaged_over_replicas():
     (m0, m1), (v0, v1) = r["means"], r["variances"]
     assert m0 == m1 and v0 == v1  # identical on both replicas
     np.testing.assert_allclose(m0, r["mean"], rtol=0.02)  # the population statistics, as without a strategy
+    np.testing.assert_allclose(v0, r["var"], rtol=0.15)
+    (m0, m1), (v0, v1) = r["local_means"], r["local_variances"]  # one recalibration writes every copy
+    assert m0 == m1 and v0 == v1
+    np.testing.assert_allclose(m0, r["mean"], rtol=0.02)
     np.testing.assert_allclose(v0, r["var"], rtol=0.15)
 
 

@@ -216,6 +216,14 @@ def test_lr_find_command(sim_cache, tmp_path, capsys):
     assert lr_find.main([*COMMON, "--out", str(tmp_path), "--min-lr", "1", "--max-lr", "0.1"]) == 2
 
 
+def test_lr_find_refuses_multiworker(tmp_path, capsys):
+    from deeplense_tf import lr_find
+
+    assert lr_find.main([*COMMON, "--out", str(tmp_path), "--strategy", "multiworker"]) == 2
+    assert "lr_find runs on one machine" in capsys.readouterr().err
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
+
+
 def test_check_room_refuses_full_disk_and_read_only_folder(tmp_path, monkeypatch):
     import os
     import shutil
