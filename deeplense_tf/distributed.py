@@ -134,8 +134,9 @@ def whole_steps(dataset: tf.data.Dataset, replicas: int, training: bool = True) 
     (``steps_per_epoch``, ``validation_steps``); ``(dataset, None)`` where nothing needs doing.
 
     Why: a step takes one batch per replica, but Keras counts the distributed dataset's length in
-    batches. Training ran one step past the data (every replica's batch empty, yet the optimiser
-    stepped) and every validation pass ended on "ran out of data". Training is cut to whole steps:
+    batches. On two replicas, training ran past the data every epoch (Keras showed 12/12 steps for
+    6 steps of data; ``optimizer.iterations`` was 14 after 2 epochs) and validation ended on "ran
+    out of data", after a step that gave one replica an empty batch. Training is cut to whole steps:
     the fewer than ``replicas`` batches left over are others every epoch (the order is drawn per
     epoch). Evaluation keeps every batch, so it is only repeated when its batches fill whole steps
     (``whole_step_batch``); otherwise it stays as it is (Keras warns, the metrics are right)."""
