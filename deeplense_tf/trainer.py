@@ -182,7 +182,7 @@ def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir
             stream.recalibration_dataset() if stream else
             create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed + 1,
                            first_epoch=initial_epoch), t.bn_recalibration),)
-    elif strategy.num_replicas_in_sync > 1 and t.strategy != "multiworker":  # fit_distributed averages itself
+    elif replicas > 1:  # local replicas only: fit_distributed (multiworker) averages itself
         # No recalibration (--bn-recalibration 0, or fit inside a strategy scope as KerasTuner calls it):
         # each replica would keep its own BatchNorm averages (batchnorm.py); make them one.
         recalibration = (AverageBatchNormOverReplicas(strategy),)
