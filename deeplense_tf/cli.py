@@ -1,12 +1,185 @@
-"""Shared command-line plumbing: environment set before TensorFlow loads, clean error exits."""
+"""Shared command-line plumbing: every train flag (defined once, used by ``train``, ``lr_find`` and
+every tuner), the config they make, the environment set before TensorFlow loads, clean error exits.
+
+Every flag's ``dest`` is a field of ``DataConfig``, ``ModelConfig`` or ``TrainConfig`` (``FLAG_FIELDS``):
+adding a field and its flag is enough. Defaults are ``None`` on the parser, so ``config_from_args``
+can tell a flag that was given from one that was not: defaults <- ``--config`` file <- flags.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
+import types
+from pathlib import Path
 from typing import Callable
 
+from deeplense_tf.config import (CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, STRATEGIES,
+                                 TASKS, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig, TrainConfig, replace)
 from deeplense_tf.errors import UserError
+
+DEFAULT_ANOMALY_ARCH = "conv_autoencoder"
+# Every config field whose name is also a flag's dest: adding a field and its flag is enough.
+FLAG_FIELDS = {section: tuple(f.name for f in dataclasses.fields(cls))
+               for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))}
+
+
+def add_data_flags(data) -> None:
+    """--data ... --workers: ``DataConfig``'s fields."""
+    d = DataConfig()
+    data.add_argument("--data", nargs="+", metavar="PATH",
+                      help="class folders, train/ + test/ folders, images.npy/.npz, HDF5, FITS Band<k>/ folders, "
+                      f"pack shards, or sim:<preset> (default {d.data}); several are joined into one set. "
+                      "sim-stream:<preset> trains on an endless stream of new simulated images from --workers "
+                      "processes (val/test: a fixed simulated set of --samples per class, another seed)")
+    data.add_argument("--val-data", nargs="+", metavar="PATH",
+                      help="a validation set (any --data layout) instead of cutting val_fraction (15%%) off --data")
+    data.add_argument("--test-data", nargs="+", metavar="PATH",
+                      help="a test set (any --data layout) instead of cutting test_fraction (15%%) off --data")
+    data.add_argument("--validate", choices=VALIDATE_MODES,
+                      help="scan before training: full (default) reads every file's pixels in parallel; quick "
+                      "reads headers only (very large sets; NaN/Inf pixels then stop training, naming the file)")
+    data.add_argument("--skip-bad", action="store_true", default=None,
+                      help="drop unreadable, broken, all-zero or duplicated files instead of stopping; each is "
+                      "logged and listed in the run's data.json (skipped_files)")
+    data.add_argument("--label-column", help="column with the labels in an HDF5 table, classifications.csv, "
+                      ".npz or metadata.csv (e.g. is_lens); 0/1 values become is_lens, others the class")
+    data.add_argument("--classes", nargs="+", metavar="NAME",
+                      help="the class names the data must have (e.g. no_sub cdm axion); any other class folder "
+                      "or label stops the run, naming it (default: accept the classes found)")
+    data.add_argument("--samples", type=int, help=f"images per class for sim: data (default {d.samples}); "
+                      "regression uses the axion class only. sim-stream: the fixed val/test set, and the "
+                      "images per class an epoch draws from the stream")
+    data.add_argument("--image-size", type=int, help="model input side; images are resized inside the model "
+                      "(default: their own size, raised to the architecture's minimum)")
+    data.add_argument("--target", help=f"regression target column (default {d.target})")
+    data.add_argument("--allow-pickle", action="store_true", default=None,
+                      help="read pickled .npy files (DeepLense axion files): unpickling runs code from the file")
+    data.add_argument("--normal-class", help="--task anomaly: the class the autoencoder learns (default no_sub)")
+    data.add_argument("--workers", type=int, help="simulator processes (sim: and sim-stream: data) / threads for "
+                      "reading (default: all cores)")
+
+
+def add_model_flags(model) -> None:
+    """--arch ... --unfreeze-at: ``ModelConfig``'s fields."""
+    m = ModelConfig()
+    model.add_argument("--arch", help=f"architecture name, see --list-archs (default {m.arch}; "
+                       "for --task anomaly conv_autoencoder or vae, default conv_autoencoder)")
+    model.add_argument("--task", choices=TASKS, help=f"what to learn (default {m.task})")
+    model.add_argument("--weights", help="none (train from scratch, default), imagenet (needs a network "
+                       "or ~/.keras/models), or a local weights file")
+    model.add_argument("--dropout", type=float, help=f"dropout in the head (default {m.dropout})")
+    model.add_argument("--fc-units", type=int, nargs=2, metavar=("N1", "N2"),
+                       help=f"widths of the regression head's two Dense layers (default {m.fc_units})")
+    model.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                       help="switch off the random flips / 90-degree rotations during training")
+    model.add_argument("--shift", type=float, help="also shift images randomly by up to this fraction of the side "
+                       "(e.g. 0.05; default 0)")
+    model.add_argument("--noise", type=float, help="also add Gaussian noise of this std to the standardised "
+                       "images (default 0)")
+    model.add_argument("--augment-in-pipeline", action="store_true", default=None,
+                       help="flips / rotations in the tf.data pipeline (CPU) instead of the model, for comparison")
+    model.add_argument("--normalization", choices=NORMALIZATIONS,
+                       help=f"per-image scaling inside the model (default {m.normalization}): minmax to [0, 1]; "
+                       "asinh stretch; clip to -3..10 sigma; cmu: CMU DeepLens' Bologna scaling")
+    model.add_argument("--freeze-backbone", action="store_true", default=None,
+                       help="fine-tuning: train the head only, backbone weights and BatchNorm statistics fixed")
+    model.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
+                       help="with --freeze-backbone: train the head for EPOCH epochs, then the whole network")
+
+
+def add_optimisation_flags(opt) -> None:
+    """--epochs ... --balance: ``TrainConfig``'s optimisation fields."""
+    t = TrainConfig()
+    opt.add_argument("--epochs", type=int, help=f"training epochs (default {t.epochs})")
+    opt.add_argument("--batch-size", type=int, help=f"images per optimiser step, all GPUs and workers together "
+                     f"(default {t.batch_size})")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {t.optimizer}); sgd uses Nesterov momentum (--momentum)")
+    opt.add_argument("--lr", type=float, help=f"peak learning rate (default {t.lr})")
+    opt.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {t.weight_decay})")
+    opt.add_argument("--schedule", choices=SCHEDULES,
+                     help=f"learning-rate schedule (default {t.schedule}: linear warm-up then cosine to 1%%); onecycle; "
+                     "plateau halves the rate after 2 epochs without improvement; constant")
+    opt.add_argument("--warmup-epochs", type=float, help=f"cosine warm-up length (default {t.warmup_epochs})")
+    opt.add_argument("--momentum", type=float, help=f"SGD Nesterov momentum (default {t.momentum})")
+    opt.add_argument("--clipnorm", type=float, help="clip each step's gradient to this global norm (default: off)")
+    opt.add_argument("--sam", dest="sam_rho", type=float, metavar="RHO",
+                     help="sharpness-aware minimisation around the optimiser, radius RHO (e.g. 0.05; two passes a step)")
+    opt.add_argument("--loss", choices=[v for v in LOSSES if v],
+                     help="regression loss on the target in its own units (default mse)")
+    opt.add_argument("--label-smoothing", type=float, help="classification / lens finding (default 0)")
+    opt.add_argument("--class-weights", choices=CLASS_WEIGHTS,
+                     help="balanced: weight images by inverse class frequency (classification, lens finding)")
+    opt.add_argument("--early-stopping", type=int, metavar="EPOCHS",
+                     help="stop after this many epochs without a better validation loss (default 0: never)")
+    opt.add_argument("--bn-recalibration", type=int, metavar="BATCHES",
+                     help=f"re-estimate BatchNorm statistics from this many training batches before each validation "
+                     f"(default {t.bn_recalibration}; 0 = off)")
+    opt.add_argument("--mixed-precision", action="store_true", default=None,
+                     help="mixed_float16 on GPUs, mixed_bfloat16 on CPUs (last layer and loss in float32)")
+    opt.add_argument("--balance", action="store_true", default=None,
+                     help="draw every class equally often in training batches (imbalanced sets, e.g. 1 lens in 100); "
+                     "validation and test keep the real mix")
+
+
+def add_run_flags(run) -> None:
+    """--cache ... --config: ``TrainConfig``'s run fields, ``--resume`` and ``--config``."""
+    t = TrainConfig()
+    run.add_argument("--cache", metavar="memory|PATH",
+                     help="per-file .npy data: keep decoded images after epoch 1 in memory or in a cache file")
+    run.add_argument("--nondeterministic", dest="deterministic", action="store_false", default=None,
+                     help="let parallel reads deliver batches out of order: faster, not reproducible")
+    run.add_argument("--seed", type=int, help=f"seeds data, split, initialisation and augmentation (default {t.seed})")
+    run.add_argument("--device", choices=DEVICES, help="cpu, gpu (all local GPUs, mirrored), auto (default)")
+    run.add_argument("--strategy", choices=STRATEGIES,
+                     help="auto (default): mirrored over several local GPUs, else none; mirrored: all local GPUs "
+                     "(or the CPU); one-device: first GPU or the CPU; multiworker: several machines described by "
+                     "the TF_CONFIG environment variable (README, 'Several machines'). --batch-size is always "
+                     "the global batch, split over GPUs and workers")
+    run.add_argument("--jit-compile", action="store_true", default=None,
+                     help="XLA compilation: off by default, it made CPU training 5-7x slower; try it on GPUs")
+    run.add_argument("--out", help=f"parent folder of run directories (default {t.out}/)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue an interrupted run from its last checkpoint with its saved config")
+    run.add_argument("--config", type=Path, help="a config.json whose values become the defaults")
+
+
+def train_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """A parser with every train flag in its four groups (Data, Model, Optimisation, Run)."""
+    p = argparse.ArgumentParser(prog=prog, description=description, argument_default=None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_flags(p.add_argument_group("Data"))
+    add_model_flags(p.add_argument_group("Model"))
+    add_optimisation_flags(p.add_argument_group("Optimisation"))
+    add_run_flags(p.add_argument_group("Run"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults <- --config file <- flags given on the command line."""
+    base = RunConfig.load(args.config) if args.config else RunConfig()
+    changes = {section: {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+               for section, fields in FLAG_FIELDS.items()}
+    if changes["model"].get("weights") in ("none", ""):
+        changes["model"]["weights"] = None
+    if changes["model"].get("task") == "anomaly" and "arch" not in changes["model"]:
+        changes["model"]["arch"] = DEFAULT_ANOMALY_ARCH
+    return replace(base, **{k: v for k, v in changes.items() if v})
+
+
+def callable_as(module_name: str, function: Callable) -> None:
+    """Make command module ``module_name`` callable as ``function``.
+
+    ``deeplense_tf.train`` and ``deeplense_tf.evaluate`` are commands and, as ``dl.train(...)`` /
+    ``dl.evaluate(...)``, functions of the Python API: once the command module is imported it is
+    the package's attribute of that name, so the module itself must be the function too."""
+
+    class CommandModule(types.ModuleType):
+        __call__ = staticmethod(function)
+
+    sys.modules[module_name].__class__ = CommandModule
 
 
 def prepare_environment() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.runs import atomic_write_text
 
 TASKS = ("regression", "classification", "lens_finding", "anomaly")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -178,8 +179,6 @@ class RunConfig:
         return config
 
     def save(self, path: str | Path) -> None:
-        from deeplense_tf.runs import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

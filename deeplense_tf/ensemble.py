@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deeplense_tf import runs
 from deeplense_tf.cli import prepare_environment, run_cli
 from deeplense_tf.config import RunConfig
 from deeplense_tf.errors import UserError
@@ -56,8 +57,6 @@ SHARED = (
 
 def load_member(run_dir: Path) -> Member:
     """A run's config, data.json and best checkpoint (``model.keras`` of a finished run is the same model)."""
-    from deeplense_tf import runs
-
     run_dir = runs.require_run_dir(run_dir)
     for name in (runs.BEST, runs.KERAS_MODEL, runs.LAST):
         if (run_dir / name).is_file():
@@ -89,12 +88,10 @@ def test_rows(member: Member) -> pd.DataFrame:
 
 def load_test_data(member: Member, data: str | None, allow_pickle: bool):
     """(images, labels, table, split name): the run's own test split, or every labelled image of ``data``."""
-    from deeplense_tf.evaluate import load_other_data
+    from deeplense_tf.data.prepare import check_split, load_other_data, prepare_data
 
     if data is not None:
         return (*load_other_data(member.config, member.info, data, allow_pickle), "all")
-    from deeplense_tf.data.prepare import check_split, prepare_data
-
     prepared = prepare_data(member.config)
     check_split(prepared, member.run_dir / "split.csv")
     idx = prepared.splits["test"]
@@ -113,12 +110,10 @@ def build_ensemble(models: list, name: str = "ensemble"):
 
 def run_ensemble(run_dirs: list[Path], out: Path | None = None, data: str | None = None, tta: bool = False,
                  batch_size: int = 64, allow_pickle: bool = False, same_split: bool = True) -> Path:
-    import keras
+    import keras  # TensorFlow loads only once the arguments are parsed: --help stays fast
 
-    from deeplense_tf import runs
-    from deeplense_tf.evaluate import evaluate_predictions, predict
-    from deeplense_tf.export import export_run
-    from deeplense_tf.models import build  # noqa: F401  (registers the custom layers)
+    from deeplense_tf.evaluation.report import evaluate_predictions, predict
+    from deeplense_tf.models.export import export_run
 
     members = [load_member(Path(r)) for r in run_dirs]
     check_compatible(members, same_split=same_split and data is None)
@@ -149,8 +144,6 @@ def run_ensemble(run_dirs: list[Path], out: Path | None = None, data: str | None
 
 
 def default_out(parent: Path, task: str) -> Path:
-    from deeplense_tf import runs
-
     out = runs.new_run_dir(parent, "ensemble", task)
     (out / "checkpoints").rmdir()  # a run folder's layout, minus what an ensemble never writes
     return out

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplense_tf.cli import prepare_environment, run_cli
+from deeplense_tf import runs
+from deeplense_tf.cli import config_from_args, prepare_environment, run_cli, train_parser
+from deeplense_tf.config import replace
 from deeplense_tf.errors import ConfigError
 
 
@@ -105,11 +107,7 @@ def plot(result: RangeTest, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from deeplense_tf.train import build_parser as train_parser
-
-    p = train_parser()
-    p.prog = "python -m deeplense_tf.lr_find"
-    p.description = __doc__
+    p = train_parser("python -m deeplense_tf.lr_find", __doc__)
     test = p.add_argument_group("Range test")
     test.add_argument("--min-lr", type=float, default=1e-7, help="first rate (default 1e-7)")
     test.add_argument("--max-lr", type=float, default=1.0, help="last rate (default 1)")
@@ -118,15 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
-    import pandas as pd
+    import pandas as pd  # TensorFlow and the rest load once the arguments are parsed: --help stays fast
 
-    from deeplense_tf import runs
-    from deeplense_tf.config import replace
     from deeplense_tf.data.pipeline import create_dataset
     from deeplense_tf.data.prepare import prepare_data
     from deeplense_tf.models.build import create_model
-    from deeplense_tf.train import config_from_args
-    from deeplense_tf.trainer import _fit_labels, check_batch_size, compile_model, set_up
+    from deeplense_tf.training.trainer import check_batch_size, compile_model, fit_labels, set_up
 
     if not 0 < args.min_lr < args.max_lr:
         raise ConfigError(f"need 0 < --min-lr < --max-lr. Received: {args.min_lr}, {args.max_lr}")
@@ -146,7 +141,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
                              image_size=config.data.image_size, seed=config.train.seed)
         compile_model(model, config)
     x, y = data.subset("train")
-    dataset = create_dataset(x, _fit_labels(config.model.task, y), config.train.batch_size, training=True,
+    dataset = create_dataset(x, fit_labels(config.model.task, y), config.train.batch_size, training=True,
                              seed=config.train.seed)
     result = range_test(model, dataset, args.min_lr, args.max_lr, args.steps)
     out = runs.new_run_dir(config.train.out, config.model.arch, f"{config.model.task}-lr_find")
@@ -182,8 +177,8 @@ def _without_range_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    if args.resume or args.list_archs:
-        print("error: lr_find takes the flags of a new run (no --resume / --list-archs)", file=sys.stderr)
+    if args.resume:
+        print("error: lr_find takes the flags of a new run (no --resume)", file=sys.stderr)
         return 2
     prepare_environment()
     return run_cli(lambda: run(args, argv))

@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deeplense_tf import runs
 from deeplense_tf.cli import prepare_environment, run_cli
-from deeplense_tf.errors import DataError
+from deeplense_tf.data import readers_astro
+from deeplense_tf.data.index import PICKLE_ADVICE
+from deeplense_tf.data.npy import PICKLED, BadFile, read_npy
+from deeplense_tf.data.shards import MANIFEST
+from deeplense_tf.data.sources import load_data
+from deeplense_tf.errors import DataError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def is_catalogue(path: Path) -> bool:
     """An HDF5 file, a FITS ``Band<k>/`` tree or packed shards: read by the training readers."""
-    from deeplense_tf.data import readers_astro
-    from deeplense_tf.data.pack import MANIFEST
-
     if path.is_file():
         return path.suffix.lower() in readers_astro.HDF5_SUFFIXES
     return path.is_dir() and ((path / MANIFEST).is_file() or readers_astro.is_fits_layout(path))
@@ -51,8 +54,6 @@ def is_catalogue(path: Path) -> bool:
 
 def read_inputs(inputs: list[Path], allow_pickle: bool, expected: tuple[int, ...]) -> tuple[np.ndarray, pd.DataFrame]:
     """Images and a table naming each (``file``, and ``ID`` for catalogues), in input order."""
-    from deeplense_tf.data.sources import load_data
-
     images, tables = [], []
     for path in inputs:
         if is_catalogue(path):
@@ -86,9 +87,6 @@ def collect_files(inputs: list[Path]) -> list[Path]:
 
 
 def read_images(files: list[Path], allow_pickle: bool, expected: tuple[int, ...]) -> np.ndarray:
-    from deeplense_tf.data.npy import PICKLED, BadFile, read_npy
-    from deeplense_tf.data.sources import PICKLE_ADVICE
-
     images, problems = [], []
     for f in files:
         try:
@@ -112,8 +110,6 @@ def predict_inputs(run_dir: Path, inputs: list[Path], batch_size: int = 64,
                    allow_pickle: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
     """The predictions table (lens finding: ranked, most lens-like first) and the images in its order."""
     import tensorflow as tf
-
-    from deeplense_tf import runs
 
     run_dir = runs.require_run_dir(run_dir)
     info = runs.read_json(run_dir / runs.DATA_INFO)
@@ -179,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_mosaic(frame: pd.DataFrame, images: np.ndarray, k: int, out: Path | None) -> Path:
-    from deeplense_tf.errors import UserError
-    from deeplense_tf.plots import candidate_mosaic
+    from deeplense_tf.evaluation.plots import candidate_mosaic
 
     if "lens_probability" not in frame.columns:
         raise UserError("--mosaic draws lens candidates: it needs a lens_finding run")

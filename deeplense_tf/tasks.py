@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from deeplense_tf.errors import DataError
+from deeplense_tf.errors import ConfigError, DataError
 
 MASS_COLUMNS = ("axion_mass_ev", "axion_mass", "mass")
 
@@ -110,8 +110,6 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    from deeplense_tf.errors import ConfigError
-
     if name not in TASKS:
         raise ConfigError(f"unknown task '{name}'. Choose one of {sorted(TASKS)}")
     return TASKS[name]

@@ -119,9 +119,10 @@ def tfrecord_dataset(path: Path, labels: np.ndarray, image_shape, batch_size: in
 def pipeline_rates(work: Path, n: int, size: int, batch_size: int, repeats: int, tfrecord: bool,
                    epoch_images: int = EPOCH_IMAGES) -> tuple[dict, dict]:
     """Images/s of every reader at one image size; returns (rates, the data sets for the step timing)."""
-    from deeplense_tf.data.pack import write_shards
     from deeplense_tf.data.pipeline import create_dataset
+    from deeplense_tf.data.shards import write_shards
     from deeplense_tf.data.sources import load_data
+    from deeplense_tf.models.augment import augmenter
 
     files = make_files(work / f"files{size}", n, size)
     started = time.perf_counter()
@@ -145,7 +146,8 @@ def pipeline_rates(work: Path, n: int, size: int, batch_size: int, repeats: int,
         "per_file_tf": create_dataset(per_file.images, labels, batch_size, True, deterministic=False, file_reader="tf"),
         "packed": create_dataset(resident.images, labels, batch_size, True, deterministic=False),
         "shards": create_dataset(shards.images, shard_labels, batch_size, True, deterministic=False),
-        "packed_augment": create_dataset(resident.images, labels, batch_size, True, deterministic=False, augment=True),
+        "packed_augment": create_dataset(resident.images, labels, batch_size, True, deterministic=False,
+                                         augment=augmenter(0)),
     }
     runs = {
         "naive": lambda: naive_loop(paths, batch_size, epochs),
@@ -195,6 +197,7 @@ def step_times(arch: str, data: dict, size: int, batch_size: int, steps: int, re
 
     from deeplense_tf.config import ModelConfig
     from deeplense_tf.data.pipeline import create_dataset
+    from deeplense_tf.models.augment import augmenter
     from deeplense_tf.models.build import create_model
 
     def model_with(augment: bool):
@@ -205,7 +208,8 @@ def step_times(arch: str, data: dict, size: int, batch_size: int, steps: int, re
         return model
 
     def real(name, augment=False):
-        return lambda: create_dataset(*data[name], batch_size, True, deterministic=False, augment=augment).repeat()
+        return lambda: create_dataset(*data[name], batch_size, True, deterministic=False,
+                                      augment=augmenter(0) if augment else None).repeat()
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((batch_size, size, size, 1), dtype=np.float32))

@@ -53,7 +53,7 @@ def with_step_markers(profiler) -> list:
 
 def synthetic_data(work: Path, reader: str, n: int, size: int):
     """The benchmark's synthetic files, as the chosen reader sees them: per_file, packed or shards."""
-    from deeplense_tf.data.pack import write_shards
+    from deeplense_tf.data.shards import write_shards
     from deeplense_tf.data.sources import load_data
     from pipelines.benchmark import make_files
 

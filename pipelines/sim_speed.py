@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from deeplense_tf.data import sim_lensfinding, sim_physics, sim_render
-from deeplense_tf.data.simulate import PRESETS, get_preset, simulate, simulate_one
+from deeplense_tf.sim import lens_finding as sim_lensfinding, physics as sim_physics, render as sim_render
+from deeplense_tf.sim.generate import PRESETS, get_preset, simulate, simulate_one
 
 
 def workers_rate(preset: str, n_per_class: int, workers: int, seed: int = 0) -> float:

@@ -9,7 +9,7 @@ Measured one after the other on the same machine:
    batches -> labels -> prefetch), images/s for ``--seconds`` after its first batch and the
    batches that could already be waiting (process start-up and lenstronomy's import are not
    counted; they are printed as ``startup_s``), for each ``--workers``. ``--raw`` measures the
-   bare process pool (``sim_stream.stream``) instead, without TensorFlow;
+   bare process pool (``deeplense_tf.sim.stream.stream``) instead, without TensorFlow;
 2. ``train (resident)``: training images/s of ``--arch`` on resident tensors, no input pipeline
    (``pipelines.train_speed``, in its own process): what a training step consumes;
 3. ``train (from stream)``: the same model fed by the stream, for each ``--workers``. On a
@@ -33,8 +33,8 @@ from pathlib import Path
 
 def stream_plan(preset: str, task: str, batch: int, workers: int, seed: int = 0):
     """The ``StreamPlan`` a ``sim-stream:<preset>`` run of ``task`` would stream (no fixed set needed)."""
-    from deeplense_tf.data.simulate import get_preset
-    from deeplense_tf.data.stream_source import STREAM_SEED_OFFSET, StreamPlan
+    from deeplense_tf.sim.generate import get_preset
+    from deeplense_tf.data.stream import STREAM_SEED_OFFSET, StreamPlan
 
     p = get_preset(preset)
     classes = ("axion",) if task == "regression" else p.classes
@@ -44,14 +44,14 @@ def stream_plan(preset: str, task: str, batch: int, workers: int, seed: int = 0)
 
 
 def _fit_labels(task: str):
-    from deeplense_tf.trainer import _fit_labels
+    from deeplense_tf.training.trainer import fit_labels
 
-    return lambda y: _fit_labels(task, y)
+    return lambda y: fit_labels(task, y)
 
 
 def stream_rate(plan, seconds: float, block: int = 32) -> dict:
     """Images/s of ``StreamSource.dataset()`` once running."""
-    from deeplense_tf.data.stream_source import StreamSource
+    from deeplense_tf.data.stream import StreamSource
 
     source = StreamSource(plan, plan.batch_size, _fit_labels(plan.task), block=block)
     try:
@@ -71,8 +71,8 @@ def stream_rate(plan, seconds: float, block: int = 32) -> dict:
 
 
 def raw_rate(plan, seconds: float, block: int = 32) -> dict:
-    """Images/s of the bare process pool (``sim_stream.stream``), no TensorFlow."""
-    from deeplense_tf.data.sim_stream import stream
+    """Images/s of the bare process pool (``deeplense_tf.sim.stream.stream``), no TensorFlow."""
+    from deeplense_tf.sim.stream import stream
 
     items = stream(plan.preset, plan.seed, plan.workers, block=block, classes=plan.classes)
     try:
@@ -102,7 +102,7 @@ def resident_rate(arch: str, plan, steps: int, timeout: float) -> dict:
 def build_model(arch: str, plan):
     from deeplense_tf.config import RunConfig, replace
     from deeplense_tf.models.build import create_model
-    from deeplense_tf.trainer import compile_model
+    from deeplense_tf.training.trainer import compile_model
 
     config = replace(RunConfig(), model={"arch": arch, "task": plan.task})
     model = create_model(config.model, plan.image_shape, n_classes=len(plan.class_names), seed=0)
@@ -114,7 +114,7 @@ def fit_rate(model, plan, steps: int, warmup: int = 2) -> dict:
     """Training images/s of ``model.fit`` fed by the stream (timed from the end of the warm-up steps)."""
     import keras
 
-    from deeplense_tf.data.stream_source import StreamSource
+    from deeplense_tf.data.stream import StreamSource
 
     ends = []
     times = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))

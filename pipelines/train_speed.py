@@ -49,7 +49,7 @@ def measure(arch: str, variant: str, size: int, batch: int, steps: int, task: st
     from deeplense_tf.config import RunConfig, replace
     from deeplense_tf.models import applications
     from deeplense_tf.models.build import create_model
-    from deeplense_tf.trainer import compile_model
+    from deeplense_tf.training.trainer import compile_model
 
     def save(row):
         if partial:

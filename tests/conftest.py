@@ -1,42 +1,29 @@
-"""Shared fixtures: tiny data sets on disk and a session-wide simulator cache."""
+"""Shared fixtures: a session-wide simulator cache and one small image set in three forms (helpers: helpers.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.helpers import write_class_folders
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-CLASSES = ("axion", "cdm", "no_sub")
+# Files whose tests are spread over the xdist workers one by one; every other file runs whole on one
+# worker (so its module fixtures are built once). test_archs.py: ~100 independent builds, 7 minutes
+# on one worker, the suite's long pole when it ran as one unit.
+SPREAD = {"test_archs.py"}
 
 
-def tiny_images(n: int = 4, size: int = 32, channels: int | None = None, seed: int = 0) -> np.ndarray:
-    """Positive float32 images with a ring, (n, size, size) or (n, size, size, channels)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.indices((size, size)) - (size - 1) / 2
-    ring = np.exp(-((np.hypot(x, y) - size / 5) ** 2) / 4)
-    images = ring[None] + 0.1 * rng.random((n, size, size))
-    images = images.astype(np.float32)
-    return images if channels is None else np.repeat(images[..., None], channels, axis=-1)
-
-
-def write_class_folders(root: Path, per_class: int = 4, size: int = 32, pickled_axion: bool = False) -> Path:
-    """ROOT/<class>/*.npy like the DeepLense sets; axion files as [image, mass] when pickled."""
-    rng = np.random.default_rng(1)
-    for c, cls in enumerate(CLASSES):
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(tiny_images(per_class, size, seed=c)):
-            if cls == "axion" and pickled_axion:
-                obj = np.empty(2, dtype=object)
-                obj[0], obj[1] = image, 10 ** rng.uniform(-24, -22)
-                np.save(root / cls / f"{cls}_{i}.npy", obj, allow_pickle=True)
-            else:
-                np.save(root / cls / f"{cls}_{i}.npy", image)
-    return root
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """``--dist loadgroup``: one xdist group per test file, except the files in ``SPREAD``."""
+    for item in items:
+        if item.path.name not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +42,7 @@ def sim_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def image_sources(tmp_path_factory):
     """The same 12 images (16 px) as a resident array, as per-file .npy and as shards (both streamed)."""
-    from deeplense_tf.data.pack import write_shards
+    from deeplense_tf.data.shards import write_shards
     from deeplense_tf.data.sources import load_data
 
     tmp = tmp_path_factory.mktemp("sources")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_class_folders
+from tests.helpers import write_class_folders
 from deeplense_tf import train
 from deeplense_tf.models.autoencoders import GaussianSample, KLScore, create_autoencoder
 from helpers import assert_config_roundtrip

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplense_tf.data.augment import RandomRot90, augmentation_layers
+from deeplense_tf.models.augment import RandomRot90, augmentation_layers
 from deeplense_tf.models.heads import Destandardize
 from helpers import assert_config_roundtrip
 

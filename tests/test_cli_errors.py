@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import write_class_folders
+from tests.helpers import write_class_folders
 from deeplense_tf import evaluate, predict, train
 
 

@@ -52,7 +52,8 @@ def test_to_dict_is_json():
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
-    from deeplense_tf.train import build_parser, config_from_args
+    from deeplense_tf.cli import config_from_args
+    from deeplense_tf.train import build_parser
 
     replace(RunConfig(), train={"epochs": 7, "lr": 0.01}, model={"arch": "densenet121"}).save(tmp_path / "c.json")
     args = build_parser().parse_args(["--config", str(tmp_path / "c.json"), "--lr", "0.002", "--fc-units", "16", "8"])
@@ -62,6 +63,7 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
 
 
 def test_anomaly_defaults_to_an_autoencoder():
-    from deeplense_tf.train import build_parser, config_from_args
+    from deeplense_tf.cli import config_from_args
+    from deeplense_tf.train import build_parser
 
     assert config_from_args(build_parser().parse_args(["--task", "anomaly"])).model.arch == "conv_autoencoder"

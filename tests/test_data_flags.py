@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_images, write_class_folders
+from tests.helpers import tiny_images, write_class_folders
 from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.data.prepare import prepare_data
 from deeplense_tf.data.sources import load_data
 from deeplense_tf.errors import ConfigError, DataError
-from deeplense_tf.train import build_parser, config_from_args
+from deeplense_tf.cli import config_from_args
+from deeplense_tf.train import build_parser
 
 
 def config(task="classification", **data):
@@ -261,8 +262,8 @@ def test_hdf5_label_count_must_match_images(tmp_path):
 def test_evaluate_other_data_reads_it_as_the_run_did(tmp_path):
     """evaluate --data OTHER uses the run's data settings: here --validate quick, which leaves
     pixel checks to the pipeline (a full scan stops at the NaN image)."""
-    from conftest import write_class_folders
-    from deeplense_tf.evaluate import load_other_data
+    from tests.helpers import write_class_folders
+    from deeplense_tf.data.prepare import load_other_data
 
     root = write_class_folders(tmp_path / "other", per_class=2)
     bad = np.load(root / "cdm" / "cdm_0.npy")
@@ -277,7 +278,8 @@ def test_evaluate_other_data_reads_it_as_the_run_did(tmp_path):
 
 
 def test_cache_flag_reaches_the_config_and_refuses_balance():
-    from deeplense_tf.train import build_parser, config_from_args
+    from deeplense_tf.cli import config_from_args
+    from deeplense_tf.train import build_parser
 
     config = config_from_args(build_parser().parse_args(["--cache", "memory"]))
     assert config.train.cache == "memory"

@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from deeplense_tf import distributed, train
-from deeplense_tf.batchnorm import batch_norm_layers
-from deeplense_tf.models import build  # noqa: F401  (registers the custom layers for load_model)
+from deeplense_tf.training import distributed
+
+from deeplense_tf import train
+from deeplense_tf.training.batchnorm import batch_norm_layers
+import deeplense_tf.api  # noqa: F401  (registers the layers, schedules and losses for load_model)
 from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.errors import ConfigError
 
@@ -98,8 +100,9 @@ MIRRORED_TWO_REPLICAS = """
 import json, sys, numpy as np, tensorflow as tf
 cpu, = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from deeplense_tf import distributed, train, trainer
-from deeplense_tf.batchnorm import batch_norm_layers
+from deeplense_tf.training import distributed, trainer
+from deeplense_tf import train
+from deeplense_tf.training.batchnorm import batch_norm_layers
 distributed.LOCAL_STRATEGIES["mirrored"] = lambda gpus: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 spreads = []
 def spread(model):
@@ -189,7 +192,7 @@ def test_class_weights_come_from_the_whole_training_split(sim_cache, monkeypatch
     """Under MultiWorker each worker reads its own share; the class weights must not depend on it."""
     import types
 
-    from deeplense_tf import trainer
+    from deeplense_tf.training import trainer
     from deeplense_tf.data.prepare import prepare_data
 
     config = replace(RunConfig(), data={"samples": 12}, model={"task": "classification"},
@@ -213,7 +216,7 @@ def test_class_weights_come_from_the_whole_training_split(sim_cache, monkeypatch
 # Two replicas in one process: two logical CPUs, set up before TensorFlow starts (so in a process of its own).
 TWO_REPLICAS = """
 import json, keras, numpy as np, tensorflow as tf
-from deeplense_tf.batchnorm import BatchNormRecalibrator, batch_norm_layers
+from deeplense_tf.training.batchnorm import BatchNormRecalibrator, batch_norm_layers
 cpu, = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CLASSES, tiny_images
-from deeplense_tf import ensemble, train, trainer
-from deeplense_tf.models import build  # noqa: F401  (registers the custom layers)
+from tests.helpers import CLASSES, tiny_images
+from deeplense_tf import ensemble, train
+from deeplense_tf.training import trainer
+import deeplense_tf.api  # noqa: F401  (registers the layers, schedules and losses for load_model)
 
 ARCHS = ("mobilenet", "mobilenet_v3_small")  # the quickest to train here; two architectures, a realistic ensemble
 

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CLASSES, tiny_images
-from deeplense_tf import finetune, train, trainer
+from tests.helpers import CLASSES, tiny_images
+from deeplense_tf.training import finetune, trainer
+from deeplense_tf import train
 from deeplense_tf.config import ModelConfig, RunConfig, replace
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.data.prepare import PreparedData

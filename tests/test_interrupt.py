@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_class_folders
+from tests.helpers import write_class_folders
 from deeplense_tf import train
-from deeplense_tf.models import build  # noqa: F401  (registers the custom layers for load_model)
+import deeplense_tf.api  # noqa: F401  (registers the layers, schedules and losses for load_model)
 
 
 def _start(tmp_path, epochs):
@@ -123,7 +123,7 @@ def test_repeated_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_
 def test_reseed_makes_an_epochs_random_draws_a_function_of_seed_and_epoch():
     """What --resume relies on: a fresh model (as load_model builds it) and one that has trained
     for a while draw the same augmentation / dropout numbers once both are reseeded for epoch e."""
-    from deeplense_tf.reseed import reseed
+    from deeplense_tf.training.reseed import reseed
 
     x = np.ones((4, 64), "float32")
     trained, fresh = (keras.Sequential([keras.Input((64,)), keras.layers.Dropout(0.5, seed=1)]) for _ in range(2))

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_images, write_class_folders
-from deeplense_tf import plots, predict, train
+from tests.helpers import tiny_images, write_class_folders
+from deeplense_tf.evaluation import plots
+from deeplense_tf import predict, train
 from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.data.npy import NpyFileImages
 from deeplense_tf.data.pipeline import balanced_order, class_ids, create_dataset

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from deeplense_tf.metrics import (
+from deeplense_tf.evaluation.metrics import (
     TASK_METRICS,
     anomaly_metrics,
     classification_metrics,

@@ -10,13 +10,13 @@ import pytest
 import tensorflow as tf
 
 from deeplense_tf import train
-from deeplense_tf.batchnorm import BatchNormRecalibrator, batch_norm_layers
+from deeplense_tf.training.batchnorm import BatchNormRecalibrator, batch_norm_layers
 from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.losses import SparseSmoothedCrossentropy
-from deeplense_tf.sam import enable_sam
-from deeplense_tf.schedules import OneCycle, WarmupCosine, learning_rate
-from deeplense_tf.trainer import class_weight_table, with_class_weights
+from deeplense_tf.training.losses import SparseSmoothedCrossentropy
+from deeplense_tf.training.sam import enable_sam
+from deeplense_tf.training.schedules import OneCycle, WarmupCosine, learning_rate
+from deeplense_tf.training.trainer import class_weight_table, with_class_weights
 
 
 def _rates(schedule, steps):

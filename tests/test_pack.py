@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_class_folders
-from deeplense_tf.data.pack import MANIFEST, ShardedImages, main as pack_main
+from tests.helpers import write_class_folders
+from deeplense_tf.data.pack import main as pack_main
+from deeplense_tf.data.shards import MANIFEST, ShardedImages
 from deeplense_tf.data.sources import load_data
 from deeplense_tf.errors import DataError
 

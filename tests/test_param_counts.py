@@ -30,8 +30,14 @@ def test_format_count(n, text):
     assert param_counts.format_count(n) == text
 
 
-def test_list_archs_prints_family_params_and_min_size(capsys):
+def test_list_archs_prints_family_tasks_imagenet_params_and_min_size(capsys):
     assert train.main(["--list-archs", "inception_v3"]) == 0
     line = capsys.readouterr().out.splitlines()[1].split()
     params = param_counts.format_count(param_counts.load_table()["inception_v3"])
-    assert line[:4] == ["inception_v3", "inception", params, "75px"]
+    assert line[:6] == ["inception_v3", "inception", "supervised", "yes", params, "75px"]
+
+
+def test_list_archs_shows_the_autoencoders_with_their_task(capsys):
+    assert train.main(["--list-archs", "*autoencoder*"]) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:4] == ["conv_autoencoder", "autoencoder", "anomaly", "no"]

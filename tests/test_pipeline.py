@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_images, write_class_folders
+from tests.helpers import tiny_images, write_class_folders
 from deeplense_tf.data.npy import NpyFileImages, read_npy, read_npy_header
-from deeplense_tf.data.pipeline import augmenter, create_dataset, decode_npy, epoch_order
+from deeplense_tf.data.pipeline import create_dataset, decode_npy, epoch_order
+from deeplense_tf.models.augment import augmenter
 from deeplense_tf.data.sources import load_data
 
 

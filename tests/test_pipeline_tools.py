@@ -32,7 +32,7 @@ def test_profile_records_a_trace_and_the_input_wait(tmp_path):
 
 def test_sim_speed_times_every_mode_and_rebuilds_per_image(monkeypatch, capsys):
     """Both modes run and give positive rates; the baseline really builds its objects again per image."""
-    from deeplense_tf.data import sim_render
+    from deeplense_tf.sim import render as sim_render
     from pipelines import sim_speed
 
     built = []

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deeplense_tf import plots
+from deeplense_tf.evaluation import plots
 
 NAMES = ["no_sub", "cdm", "axion"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,8 @@ from deeplense_tf.models.preprocess import (
     preprocessing_block,
 )
 
+from tests.helpers import assert_config_roundtrip
+
 LAYERS = [
     PerImageStandardize(),
     PerImageStandardize(epsilon=1e-3),
@@ -27,15 +29,11 @@ LAYERS = [
 ]
 
 
-def tiny_images(n=3, size=64, channels=1, seed=0):
+def images_in_wild_units(n=3, size=64, channels=1, seed=0):
     rng = np.random.default_rng(seed)
     scale = 10.0 ** rng.uniform(-3, 3, size=(n, 1, 1, 1))  # wildly different units per image
     return (scale * rng.normal(1.0, 0.5, size=(n, size, size, channels))).astype("float32")
 
-
-def assert_config_roundtrip(layer):
-    config = layer.get_config()
-    assert type(layer).from_config(config).get_config() == config
 
 
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda l: f"{type(l).__name__}")
@@ -45,7 +43,7 @@ def test_layer_config_roundtrip(layer):
 
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda l: f"{type(l).__name__}")
 def test_layer_eager_equals_dataset_map(layer):
-    x = tiny_images()
+    x = images_in_wild_units()
     x = x / x.std(axis=(1, 2, 3), keepdims=True) if isinstance(layer, ImageNetInput) else x
     x = np.repeat(x, 3, axis=-1) if isinstance(layer, ImageNetInput) else x
     eager = np.asarray(layer(x))
@@ -56,7 +54,7 @@ def test_layer_eager_equals_dataset_map(layer):
 
 
 def test_standardize_gives_zero_mean_unit_std_per_image():
-    y = np.asarray(PerImageStandardize()(tiny_images()))
+    y = np.asarray(PerImageStandardize()(images_in_wild_units()))
     np.testing.assert_allclose(y.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
     assert y.dtype == np.float32
@@ -65,7 +63,7 @@ def test_standardize_gives_zero_mean_unit_std_per_image():
 
 
 def test_resize_only_up():
-    small, large = tiny_images(size=64), tiny_images(size=80)
+    small, large = images_in_wild_units(size=64), images_in_wild_units(size=80)
     assert ResizeToAtLeast(75)(small).shape == (3, 75, 75, 1)
     np.testing.assert_array_equal(np.asarray(ResizeToAtLeast(75)(large)), large)
     inputs = keras.Input(shape=(None, None, 1))
@@ -96,7 +94,7 @@ def test_preprocessing_block_builds_and_serialises(tmp_path):
     assert [type(l).__name__ for l in same.layers] == ["InputLayer", "PerImageStandardize"]
     model.save(tmp_path / "pre.keras")
     loaded = keras.models.load_model(tmp_path / "pre.keras")
-    x = tiny_images()
+    x = images_in_wild_units()
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-6)
     with pytest.raises(ConfigError):
         preprocessing_block(keras.Input(shape=(64, 64, 2)), 64, 3)

@@ -1,8 +1,5 @@
-"""Architecture registry and Keras Applications backbones.
-
-    python -m pytest tests/test_registry.py -m "not slow"   # fast subset, ~1 min on 2 cores
-    python -m pytest tests/test_registry.py -m slow         # every architecture builds
-"""
+"""Architecture registry and Keras Applications backbones (every architecture built and trained
+as a whole model: test_archs.py)."""
 
 import functools
 
@@ -14,8 +11,11 @@ from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.models import applications, registry
 from deeplense_tf.models.convnets import FastDepthwiseConv2D
 from deeplense_tf.models.preprocess import preprocessing_block
+from tests.helpers import random_images
 from deeplense_tf.models.registry import (
     ARCHS,
+    SUPERVISED_TASKS,
+    check_arch_task,
     ArchSpec,
     create_backbone,
     get_arch,
@@ -23,15 +23,6 @@ from deeplense_tf.models.registry import (
     list_archs,
     register_arch,
 )
-
-# One per family that matters on this project, plus the min-size (75 px) case.
-FAST = ["efficientnet_b0", "mobilenet_v3_small", "resnet50_v2", "densenet121", "convnext_tiny",
-        "inception_resnet_v2"]
-
-
-def tiny_images(n=2, size=32, channels=1, seed=0):
-    return np.random.default_rng(seed).normal(size=(n, size, size, channels)).astype("float32")
-
 
 def size_for(name):
     return max(32, get_arch(name).min_size)
@@ -41,29 +32,6 @@ def size_for(name):
 def built(name):
     """Each test-size backbone is built once per session."""
     return create_backbone(name, (size_for(name), size_for(name), 1))
-
-
-def assert_forward(model, size):
-    x = tiny_images(2, size)
-    y = np.asarray(model(x, training=False))
-    assert y.ndim == 2 and y.shape[0] == 2 and np.all(np.isfinite(y))
-    # Untrained BatchNorm statistics shrink some nets' inference outputs towards a
-    # constant; with batch statistics the two images must give different features.
-    y_train = np.asarray(model(x, training=True))
-    assert np.all(np.isfinite(y_train)) and not np.allclose(y_train[0], y_train[1])
-
-
-@pytest.mark.parametrize("name", FAST)
-def test_backbone_forward(name):
-    assert_forward(built(name), size_for(name))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list_archs())
-def test_every_arch_builds_at_min_size(name):
-    keras.backend.clear_session()
-    size = get_arch(name).min_size
-    assert_forward(create_backbone(name, (size, size, 1)), size)
 
 
 def test_every_keras_application_is_registered():
@@ -103,6 +71,18 @@ def test_list_archs_pattern():
     assert list_archs("no_such_*") == []
 
 
+def test_architectures_serve_their_tasks():
+    assert list_archs(task="anomaly") == ["conv_autoencoder", "vae"]
+    assert set(list_archs(task="regression")) == set(list_archs()) - {"conv_autoencoder", "vae"}
+    assert check_arch_task("resnet18", "lens_finding").tasks == SUPERVISED_TASKS
+    with pytest.raises(ConfigError, match="serves --task anomaly, not regression"):
+        check_arch_task("vae", "regression")
+    with pytest.raises(ConfigError, match="Architectures for anomaly: conv_autoencoder, vae"):
+        check_arch_task("resnet18", "anomaly")
+    with pytest.raises(ConfigError, match="autoencoder, not a backbone"):
+        create_backbone("vae", (32, 32, 1))
+
+
 def test_input_plan():
     assert input_plan("inception_v3", (64, 64, 1)) == registry.InputPlan((75, 75, 1), None)
     assert input_plan("inception_v3", (64, 64, 1), "imagenet") == registry.InputPlan((75, 75, 3), "tf")
@@ -139,7 +119,7 @@ def test_weights_file_round_trip(tmp_path):
     path = tmp_path / "backbone.weights.h5"
     model.save_weights(path)
     fresh = create_backbone("convnext_tiny", (32, 32, 1), weights=str(path))
-    x = tiny_images(2, 32, seed=1)
+    x = random_images(2, 32, seed=1)
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(fresh(x)))
     with pytest.raises(ConfigError, match="not found"):
         create_backbone("convnext_tiny", (32, 32, 1), weights=str(tmp_path / "missing.h5"))
@@ -152,7 +132,7 @@ def test_convnext_depthwise_swap_keeps_outputs():
     kinds = [type(layer) for layer in swapped.layers]
     assert kinds.count(FastDepthwiseConv2D) == 18
     assert not any(type(l) is keras.layers.Conv2D and l.groups > 1 for l in swapped.layers)
-    x = tiny_images(2, 32, seed=2)
+    x = random_images(2, 32, seed=2)
     np.testing.assert_allclose(np.asarray(swapped(x)), np.asarray(grouped(x)), atol=1e-4)
 
 
@@ -161,7 +141,7 @@ def test_efficientnet_stem_keeps_standardised_scale():
     assert not any(isinstance(l, keras.layers.Rescaling) for l in model.layers)
     stem = keras.Model(model.input, model.get_layer("stem_activation").output)
     # Without the fix the 1/255 input scale leaves this at ~0.01 (below BatchNorm's epsilon).
-    assert np.std(np.asarray(stem(tiny_images(2, 32), training=True))) > 0.2
+    assert np.std(np.asarray(stem(random_images(2, 32), training=True))) > 0.2
 
 
 def test_model_with_backbone_saves_and_loads(tmp_path):
@@ -171,5 +151,5 @@ def test_model_with_backbone_saves_and_loads(tmp_path):
     model = keras.Model(inputs, features)
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
-    x = 100 * tiny_images(2, 32, seed=3)
+    x = 100 * random_images(2, 32, seed=3)
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)

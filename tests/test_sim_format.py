@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from deeplense_tf.data.pack import MANIFEST
-from deeplense_tf.data.sim_cli import main as simulate_main
+from deeplense_tf.data.shards import MANIFEST
+from deeplense_tf.data.simulate import main as simulate_main
 from deeplense_tf.data.sources import load_data
 from deeplense_tf.errors import ConfigError, DataError
 
@@ -74,7 +74,7 @@ def test_shard_parts_joined_equal_one_run(both, tmp_path):
 
 
 def test_more_parts_than_images_is_refused(tmp_path):
-    from deeplense_tf.data.sim_shards import simulate_packed
+    from deeplense_tf.data.simulate import simulate_packed
 
     with pytest.raises(ConfigError, match="N <= --n"):
         simulate_packed("model_ii", 2, 0, tmp_path / "x", shard=(0, 3), progress=False)

@@ -7,14 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplense_tf import train, trainer
+from deeplense_tf import train
+
+from deeplense_tf.training import trainer
 from deeplense_tf.config import RunConfig, replace
-from deeplense_tf.data import sim_stream
+from deeplense_tf.data import stream as data_stream
+from deeplense_tf.sim import stream as sim_stream
 from deeplense_tf.data.prepare import check_split, prepare_data
-from deeplense_tf.data.simulate import simulate_one
-from deeplense_tf.data.stream_source import STREAM_SEED_OFFSET, StreamSource
+from deeplense_tf.sim.generate import simulate_one
+from deeplense_tf.data.stream import STREAM_SEED_OFFSET, StreamSource
 from deeplense_tf.errors import ConfigError, UserError
-from deeplense_tf.trainer import _fit_labels
+from deeplense_tf.training.trainer import fit_labels
 
 SEED = 42
 
@@ -27,7 +30,7 @@ def _prepared(task="classification", preset="model_ii", samples=4, batch=4):
 
 def _source(data, first_epoch=0, keep_last=0):
     task = data.stream.task
-    return StreamSource(data.stream, data.stream.batch_size, lambda y: _fit_labels(task, y), first_epoch=first_epoch,
+    return StreamSource(data.stream, data.stream.batch_size, lambda y: fit_labels(task, y), first_epoch=first_epoch,
                         keep_last=keep_last)
 
 
@@ -94,7 +97,7 @@ def test_lens_finding_stream_labels(sim_cache):
 def test_train_two_epochs_then_resume_on_the_same_evaluation_set(sim_cache, tmp_path, monkeypatch):
     starts = []
     original = sim_stream.stream
-    monkeypatch.setattr(sim_stream, "stream", lambda *a, **k: (starts.append(k["start"]), original(*a, **k))[1])
+    monkeypatch.setattr(data_stream, "stream", lambda *a, **k: (starts.append(k["start"]), original(*a, **k))[1])
     flags = ["--data", "sim-stream:model_ii", "--arch", "mobilenet_v3_small", "--image-size", "32", "--samples", "8",
              "--batch-size", "4", "--workers", "1", "--out", str(tmp_path)]
     assert train.main([*flags, "--epochs", "2"]) == 0

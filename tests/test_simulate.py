@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplense_tf.data import simulate as sim
+from deeplense_tf.data.simulate import parse_shard
+from deeplense_tf.sim import generate as sim
 from deeplense_tf.errors import ConfigError
 
 # The no_sub images of shared/reference/deeplensesim_model_ii_sample.npz (DeepLenseSim's own generator).
@@ -128,7 +129,7 @@ def test_published_noise_is_twice_the_noiseless_image():
 
 
 def test_empty_sky_noise_matches_instrument_background():
-    from deeplense_tf.data.sim_render import get_renderer
+    from deeplense_tf.sim.render import get_renderer
 
     preset = sim.PRESETS["model_ii"]
     expected = get_renderer(preset, "no_sub", "deeplensesim").sim.background_noise
@@ -160,7 +161,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="n_per_class"):
         sim.simulate("model_ii", 0, 0, tmp_path / "x")
     with pytest.raises(ConfigError, match="shard"):
-        sim.parse_shard("3/3")
+        parse_shard("3/3")
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(ConfigError, match="cannot write"):
@@ -169,7 +170,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
 
 
 def test_cli_help_is_light_and_documents_published_noise(tmp_path):
-    code = ("import sys; from deeplense_tf.data.sim_cli import build_parser; h = build_parser().format_help();"
+    code = ("import sys; from deeplense_tf.data.simulate import build_parser; h = build_parser().format_help();"
             "heavy = [m for m in ('lenstronomy', 'astropy', 'tensorflow', 'keras') if m in sys.modules];"
             "print(heavy); assert not heavy; assert 'published' in h and 'twice the noiseless' in h")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -198,7 +199,7 @@ def test_lens_finding_stamps(tmp_path, preset, shape):
 def test_stream_is_endless_balanced_and_worker_independent():
     from itertools import islice
 
-    from deeplense_tf.data.sim_stream import stream
+    from deeplense_tf.sim.stream import stream
 
     one = list(islice(stream("model_ii", 11, workers=1, block=2), 7))
     two = list(islice(stream("model_ii", 11, workers=2, block=2), 7))
@@ -213,8 +214,8 @@ def test_stream_is_endless_balanced_and_worker_independent():
 def test_grouped_point_masses_render_what_one_profile_each_renders(preset, cls):
     """PointMasses (all subhalos / vortex points in one profile) against lenstronomy's own
     POINT_MASS per point, on the single-plane (Model I) and SimAPI multi-plane (II, III) paths."""
-    from deeplense_tf.data.sim_physics import draw
-    from deeplense_tf.data.sim_render import Renderer
+    from deeplense_tf.sim.physics import draw
+    from deeplense_tf.sim.render import Renderer
 
     p = sim.get_preset(preset)
     fast, plain = Renderer(p, cls, "deeplensesim"), Renderer(p, cls, "deeplensesim", grouped=False)
@@ -232,8 +233,8 @@ def test_grouped_point_masses_render_what_one_profile_each_renders(preset, cls):
 def test_model_image_is_lenstronomys_whole_image(preset, cls):
     """Renderer.model skips the lens light and point sources these presets lack: bit for bit
     lenstronomy's ImageModel.image."""
-    from deeplense_tf.data.sim_physics import draw
-    from deeplense_tf.data.sim_render import Renderer
+    from deeplense_tf.sim.physics import draw
+    from deeplense_tf.sim.render import Renderer
 
     p = sim.get_preset(preset)
     renderer = Renderer(p, cls, "deeplensesim")
@@ -245,7 +246,7 @@ def test_model_image_is_lenstronomys_whole_image(preset, cls):
 
 
 def test_point_on_a_pixel_deflects_it_by_nothing_as_lenstronomy_does():
-    from deeplense_tf.data.sim_render import PointMasses
+    from deeplense_tf.sim.render import PointMasses
 
     fx, fy = PointMasses().derivatives(np.array([0.0, 1.0]), np.array([0.0, 0.0]),
                                        theta_E=np.array([0.1]), center_x=np.array([0.0]), center_y=np.array([0.0]))

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_images, write_class_folders
+from tests.helpers import tiny_images, write_class_folders
 from deeplense_tf.data.npy import ALL_ZERO, NON_FINITE, PICKLED, UNREADABLE, BadFile, read_npy
 from deeplense_tf.data.sources import load_data
 from deeplense_tf.errors import DataError

@@ -16,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deeplense_tf import train, trainer
+from deeplense_tf import train
+
+from deeplense_tf.training import trainer
 from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.errors import ConfigError, UserError
 from tuning import bayes, common, hyperband
@@ -228,7 +230,7 @@ def test_chief_and_two_workers_split_the_trials(sim_cache, tiny_space, tmp_path)
     runner = tmp_path / "run_eager.py"
     runner.write_text(textwrap.dedent(f"""
         import sys
-        from deeplense_tf import trainer
+        from deeplense_tf.training import trainer
         original = trainer.compile_model
         def compile_eagerly(model, config, *args):
             original(model, config, *args)
@@ -270,6 +272,6 @@ def test_anomaly_search_tries_the_autoencoders(sim_cache, eager, tmp_path):
     assert set(trials["arch"]) <= {"conv_autoencoder", "vae"} and trials["val_loss"].notna().all()
     config = json.loads((Path(trials["run_dir"][0]) / "config.json").read_text())
     assert config["model"]["task"] == "anomaly"
-    with pytest.raises(ConfigError, match="autoencoders"):
+    with pytest.raises(ConfigError, match="Architectures for anomaly: conv_autoencoder, vae"):
         common.run_search(common.build_parser("random", "", 1).parse_args(
             _argv(space, tmp_path / "bad", "--task", "anomaly", "--archs", "resnet18")), "random", None)

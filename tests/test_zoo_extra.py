@@ -1,8 +1,5 @@
-"""Architectures written in this package (convnets, transformers) and feature fusion.
-
-    python -m pytest tests/test_zoo_extra.py -m "not slow"   # ~2 min on a loaded 2-core CPU
-    python -m pytest tests/test_zoo_extra.py -m slow         # the deepest nets, built and trained
-"""
+"""Architectures written in this package (convnets, transformers) and feature fusion: what is
+particular to them (every architecture built and trained as a whole model: test_archs.py)."""
 
 import keras
 import numpy as np
@@ -11,25 +8,11 @@ import pytest
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.models import convnets, fusion, transformers
 from deeplense_tf.models.registry import ARCHS, create_backbone, get_arch, input_plan, list_archs
-from tests.helpers import assert_config_roundtrip
+from tests.helpers import assert_config_roundtrip, random_images
 
 OURS = [name for name in list_archs() if ARCHS[name].source == "deeplense_tf"]
-# Building and training each of these costs ~25 s on a loaded 2-core machine: the default
-# run trains their builders at a shallower depth (resnext50, eca_resnet50, a 4-layer
-# DenseNet), `-m slow` builds and trains them.
-DEEPEST = {"resnet200", "resnext101", "densenet264"}
-
-
-def tiny_images(n=2, size=32, seed=0):
-    return np.random.default_rng(seed).normal(size=(n, size, size, 1)).astype("float32")
-
-
-def size_for(name):
-    return max(32, get_arch(name).min_size)
-
-
 def assert_features(backbone, size):
-    y = np.asarray(backbone(tiny_images(2, size), training=False))
+    y = np.asarray(backbone(random_images(2, size), training=False))
     assert y.shape == (2, backbone.output_shape[-1]) and np.all(np.isfinite(y))
 
 
@@ -45,7 +28,7 @@ def assert_trains(backbone, size):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   run_eagerly=True)
     before = [np.array(w) for w in backbone.trainable_weights]
-    loss = model.train_on_batch(tiny_images(2, size), np.array([0, 2]))
+    loss = model.train_on_batch(random_images(2, size), np.array([0, 2]))
     assert np.isfinite(loss)
     changed = [not np.allclose(b, np.asarray(w)) for b, w in zip(before, backbone.trainable_weights)]
     assert changed[0] and any(changed[-3:])
@@ -65,23 +48,6 @@ def test_resnet18_and_34_match_torchvision_parameter_counts():
     for name, expected in (("resnet18", 11_689_512 - 513_000), ("resnet34", 21_797_672 - 513_000)):
         backbone = create_backbone(name, (64, 64, 3))
         assert sum(int(np.prod(w.shape)) for w in backbone.trainable_weights) == expected
-
-
-@pytest.mark.parametrize("name", [n for n in OURS if n not in DEEPEST])
-def test_builds_and_trains(name):
-    keras.backend.clear_session()
-    backbone = create_backbone(name, (size_for(name), size_for(name), 1))
-    assert_features(backbone, size_for(name))
-    assert_trains(backbone, size_for(name))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(DEEPEST))
-def test_deepest_build_and_train(name):
-    keras.backend.clear_session()
-    backbone = create_backbone(name, (32, 32, 1))
-    assert_features(backbone, 32)
-    assert_trains(backbone, 32)
 
 
 def test_shallow_densenet_trains():
@@ -112,7 +78,7 @@ def test_vit_mean_pooling():
 
 
 def test_grouped_conv_equals_keras_grouped_conv():
-    x = tiny_images(2, 8)[..., [0] * 8] * np.arange(1, 9, dtype="float32")
+    x = random_images(2, 8)[..., [0] * 8] * np.arange(1, 9, dtype="float32")
     ours = convnets.GroupedConv2D(12, 3, groups=4, strides=2)
     reference = keras.layers.Conv2D(12, 3, strides=2, padding="same", groups=4, use_bias=False)
     y = np.asarray(ours(x))
@@ -152,7 +118,7 @@ def test_custom_layers_save_and_load(tmp_path):
     model = keras.Model(inputs, transformers.Attention(2)(x))
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(np.asarray(loaded(tiny_images(2, 16))), np.asarray(model(tiny_images(2, 16))))
+    np.testing.assert_allclose(np.asarray(loaded(random_images(2, 16))), np.asarray(model(random_images(2, 16))))
 
 
 def test_fusion_concatenates_member_features():

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deeplense_tf import runs
-from deeplense_tf.cli import prepare_environment, run_cli
+from deeplense_tf.cli import add_data_flags, prepare_environment, run_cli
 from deeplense_tf.config import DEVICES, DataConfig, RunConfig, TrainConfig, replace
 from deeplense_tf.errors import ConfigError, UserError
-from deeplense_tf.train import add_data_flags
 from tuning.report import SETTINGS, TRIAL_INFO, TRIALS_DIR, last_line, summary_lines, write_report
 from tuning.space import DEFAULT_ARCHS, candidate_values, load_space
 
@@ -42,7 +41,7 @@ OBJECTIVES = {
 ANOMALY_ARCHS = ("conv_autoencoder", "vae")
 # Flags that may change when a search is continued; any other change is refused.
 MAY_CHANGE = {"max_trials", "overwrite", "out", "workers", "device", "space", "archs"}
-# Every data field: the flags come from deeplense_tf.train.add_data_flags.
+# Every data field: the flags come from deeplense_tf.cli.add_data_flags.
 DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataConfig))
 
 
@@ -98,18 +97,13 @@ def run_search(args: argparse.Namespace, name: str, make_tuner: Callable[..., An
     import keras_tuner
 
     from deeplense_tf.data.prepare import prepare_data
-    from deeplense_tf.models.autoencoders import AUTOENCODERS
-    from deeplense_tf.models.registry import get_arch
-    from deeplense_tf.trainer import set_up
+    from deeplense_tf.models.registry import check_arch_task
+    from deeplense_tf.training.trainer import set_up
     from tuning.search_space import LensHyperModel
 
     for arch in candidate_values(space["arch"]) or []:
         # A typo fails now, not as failed trials (and before --overwrite deletes anything).
-        if base.model.task != "anomaly":
-            get_arch(arch)
-        elif arch not in AUTOENCODERS:
-            raise ConfigError(f"--task anomaly searches autoencoders ({', '.join(AUTOENCODERS)}); "
-                              f"{arch!r} is not one")
+        check_arch_task(arch, base.model.task)
     role = _role()
     out = Path(args.out)
     if role != "worker":

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from deeplense_tf import runs
+from deeplense_tf.cli import FLAG_FIELDS
 from deeplense_tf.config import RunConfig
 from tuning.space import DEFAULT_SPACE, to_config
 
@@ -132,8 +133,6 @@ def plot_trials(frame: pd.DataFrame, objective: str, direction: str, path: Path)
 
 def train_command(config: RunConfig) -> str:
     """The ``python -m deeplense_tf.train`` command that trains ``config`` from scratch."""
-    from deeplense_tf.train import FLAG_FIELDS
-
     default = RunConfig()
     words = ["python", "-m", "deeplense_tf.train"]
     for section, names in FLAG_FIELDS.items():

@@ -16,7 +16,9 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from deeplense_tf import runs, trainer
+from deeplense_tf import runs
+
+from deeplense_tf.training import trainer
 from deeplense_tf.config import RunConfig
 from deeplense_tf.data.prepare import PreparedData, split_table
 from deeplense_tf.errors import UserError

@@ -1,8 +1,8 @@
 """``create_dataset``: images (in memory or on disk) -> a shuffled, batched, prefetched ``tf.data.Dataset``.
 
 Images stay raw (as stored on disk): normalisation, resizing and augmentation are layers of
-the model, so they run on the accelerator and travel with the export (``augment=True`` moves
-the augmentation into the pipeline, for comparison). Two readers, chosen by what ``images`` is:
+the model, so they run on the accelerator and travel with the export (``augment=`` a map
+function, ``models.augment.augmenter``, moves the augmentation into the pipeline, for comparison). Two readers, chosen by what ``images`` is:
 
 - arrays, memory maps and project shards (``np.ndarray``, ``LazyImages``): the epoch's order
   is drawn in numpy (seeded, new each epoch; shard by shard for sets on disk), cut into blocks
@@ -19,11 +19,13 @@ Measured on the 2-core machine in BENCHMARKS.md ("Input pipeline"): ``python -m 
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from deeplense_tf.data.npy import LazyImages, NpyFileImages, NpyHeader
+from deeplense_tf.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 BLOCK_BYTES = 2 << 20  # rows per numpy call: 2 MiB (128 rows at 64 px) was fastest of 0.5-32 MiB (BENCHMARKS.md)
@@ -33,7 +35,7 @@ BAD_PIXELS = "NaN/Inf or all-zero pixels in"
 
 
 def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, seed: int = 0, *,
-                   deterministic: bool = True, cache: bool | str = False, augment: bool = False,
+                   deterministic: bool = True, cache: bool | str = False, augment: Callable | None = None,
                    block: int | None = None, check_pixels: bool | None = None,
                    file_reader: str = "blocks", balance: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
     """Batches of ``(float32 images (B,H,W,C), labels (B,))``; training shuffles (seeded), others keep order.
@@ -41,8 +43,9 @@ def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, 
     ``images``: ``np.ndarray`` (N,H,W,C), a memory map, or a ``LazyImages`` view (shards, per-file
     ``.npy``) from ``load_data``. ``deterministic=False`` lets parallel reads finish out of order
     (faster when files arrive unevenly). ``cache``: keep decoded per-file images in memory (True)
-    or in a file (a path) after the first epoch. ``augment``: random flips / 90-degree rotations
-    in the pipeline instead of the model. ``check_pixels``: stop with the file's name on NaN/Inf
+    or in a file (a path) after the first epoch. ``augment``: an ``(images, labels) -> (images,
+    labels)`` map applied to each batch in the pipeline (``models.augment.augmenter``: the flips /
+    rotations moved out of the model, for comparison), or None. ``check_pixels``: stop with the file's name on NaN/Inf
     or all-zero pixels (default: when the set was only validated quickly). ``file_reader`` for
     per-file ``.npy``: "blocks" (``pread`` past the shared header, a block of files per call; the
     fastest measured) or "tf" (``read_file`` + ``decode_raw``; always used with ``cache``).
@@ -67,8 +70,8 @@ def create_dataset(images, labels: np.ndarray, batch_size: int, training: bool, 
     else:
         ds = block_dataset(images, labels, batch_size, training, seed, deterministic=deterministic, block=block,
                            check_pixels=check, classes=classes, first_epoch=first_epoch)
-    if augment:
-        ds = ds.map(augmenter(seed), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     # Known length: Keras shows "step k/N" and does not warn that the input "ran out of data".
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(labels) // batch_size)))
     options = tf.data.Options()
@@ -222,8 +225,6 @@ def _with_shapes(pair, image_shape, label_shape):
 def _raise_on_bad_pixels(x: np.ndarray, rows: np.ndarray, images) -> None:
     ok = np.isfinite(x).all(axis=(1, 2, 3)) & x.any(axis=(1, 2, 3))
     if not ok.all():
-        from deeplense_tf.errors import DataError
-
         bad = rows[~ok][:20]
         names = images.view_paths[bad].tolist() if isinstance(images, NpyFileImages) else f"rows {bad.tolist()}"
         raise DataError(f"{BAD_PIXELS} {names}")
@@ -303,20 +304,3 @@ def decode_npy(raw: tf.Tensor, header: NpyHeader) -> tf.Tensor:
     else:
         x = tf.reshape(values[:, start:start + count], (-1, h, w, c))
     return tf.cast(x, tf.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Augmentation in the pipeline (for comparison with the model's own augmentation layers)
-
-def augmenter(seed: int | None = None):
-    """The model's augmentation layers applied to a batch inside ``Dataset.map`` (always training)."""
-    from deeplense_tf.data.augment import augmentation_layers
-
-    layers = augmentation_layers(seed)
-
-    def apply(x, y):
-        for layer in layers:
-            x = layer(x, training=True)
-        return x, y
-
-    return apply

@@ -7,8 +7,9 @@ are checked against the rebuilt ones.
 Where the data says which image belongs to which split (``train/`` + ``test/`` folders, a
 ``split`` column, or ``--val-data`` / ``--test-data``), that split is kept and only a missing
 part is cut off the training images (seeded, stratified); otherwise all of it is split.
-``--data sim-stream:<preset>`` has no stored training split: ``stream_source.prepare_stream``
-returns its fixed val/test set with ``stream`` (the training stream) set.
+``--data sim-stream:<preset>`` has no stored training split: ``prepare_stream`` returns its
+fixed val/test set with ``stream`` (the training stream, ``data/stream.py``) set.
+``load_other_data``: another labelled set read the way a run read its own (``evaluate --data``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf.config import RunConfig
-from deeplense_tf.data.sources import SHOW_PER_PROBLEM, DataIndex, load_data, load_splits
+from deeplense_tf.data.index import SHOW_PER_PROBLEM, DataIndex
+from deeplense_tf.data.sources import load_data, load_splits
 from deeplense_tf.data.splits import SPLITS, stratified_split
-from deeplense_tf.data.stream_source import StreamPlan, is_stream, prepare_stream
-from deeplense_tf.errors import DataError
+from deeplense_tf.data.stream import PREFIX, STREAM_SEED_OFFSET, StreamPlan, is_stream
+from deeplense_tf.errors import ConfigError, DataError, UserError
+from deeplense_tf.sim.generate import get_preset
 from deeplense_tf.tasks import get_task
 
 
@@ -42,8 +45,6 @@ class PreparedData:
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split == "train" and self.stream is not None:
-            from deeplense_tf.errors import UserError
-
             raise UserError(f"--data {self.stream.spec} trains from an endless stream and has no stored training "
                             "split; this command needs stored data (e.g. sim:<preset>)")
         idx = self.splits[split]
@@ -172,3 +173,87 @@ def check_split(data: PreparedData, split_csv: Path) -> None:
         if not np.array_equal(rows, data.splits[split]):
             raise DataError(f"the data no longer matches the split saved in {split_csv} ({split} differs): "
                             "the files changed since the run was made")
+
+
+def stream_preset(spec) -> str:
+    """The preset of ``sim-stream:<preset>`` (checked); the stream must be the only ``--data``."""
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if len(specs) != 1:
+        raise ConfigError(f"{PREFIX}<preset> trains from the stream alone; it cannot be joined with other --data. "
+                          f"Received: --data {' '.join(map(str, specs))}")
+    return get_preset(str(specs[0]).strip()[len(PREFIX):]).name
+
+
+def prepare_stream(config):
+    """The fixed val/test set as ``PreparedData`` (empty train split) plus the training ``StreamPlan``."""
+    d, t, task = config.data, config.train, config.model.task
+    preset = stream_preset(d.data)
+    if d.val_data is not None or d.test_data is not None:
+        raise ConfigError(f"{PREFIX}{preset} evaluates on its own fixed simulated set; --val-data / --test-data "
+                          "are not supported with it (train on sim:<preset> or files instead)")
+    if t.strategy == "multiworker":
+        raise ConfigError(f"{PREFIX}{preset} runs on one machine (all its GPUs with --strategy mirrored); "
+                          "--strategy multiworker is not supported with it")
+    if not 0 <= t.seed < STREAM_SEED_OFFSET:
+        raise ConfigError(f"--seed must be in [0, 2**32) with {PREFIX}. Received: seed={t.seed}")
+    index = load_data(f"sim:{preset}", samples=d.samples, seed=t.seed, workers=d.workers, validate=d.validate,
+                      skip_bad=d.skip_bad, label_column=d.label_column, classes=d.classes, stream=False)
+    data, strata = label_index(index, task, d.target)
+    data.source, data.skipped = d.data, list(index.skipped)
+    data.splits = evaluation_splits(strata, d.val_fraction, d.test_fraction, t.seed)
+    if get_task(task).trains_on_normal_class_only:
+        data.splits = normal_class_splits(data, d.normal_class)
+        classes = (d.normal_class,)
+    else:
+        simulated = data.table["file"].astype(str).str.split("/").str[0]  # <class>/<class>_<index>.npy
+        classes = tuple(sorted(set(simulated), key=_preset_order(preset)))
+    if task == "regression":
+        val_y = data.y[data.splits["val"]]
+        data.target_mean, data.target_std = float(np.mean(val_y)), float(np.std(val_y)) or 1.0
+    steps = max(1, -(-d.samples * len(classes) // t.batch_size))
+    data.stream = StreamPlan(d.data, preset, t.seed + STREAM_SEED_OFFSET, classes, task, d.target,
+                             tuple(data.class_names), d.label_column, data.input_shape, t.batch_size, steps,
+                             d.workers)
+    print(f"data: training stream {d.data}: classes {', '.join(classes)}, {steps} steps of {t.batch_size} per "
+          f"epoch, seed {data.stream.seed}; val/test: {index.describe()}", flush=True)
+    return data
+
+
+def _preset_order(preset: str):
+    known = get_preset(preset).classes
+    return lambda c: known.index(c) if c in known else len(known)
+
+
+def evaluation_splits(strata: np.ndarray, val_fraction: float, test_fraction: float,
+                      seed: int) -> dict[str, np.ndarray]:
+    """Val and test cut from the fixed set (per stratum, seeded, in the ratio val:test); train empty."""
+    rng = np.random.default_rng(seed)
+    share = test_fraction / (val_fraction + test_fraction)
+    val, test = [], []
+    for value in sorted(set(strata.tolist()), key=str):
+        idx = rng.permutation(np.flatnonzero(strata == value))
+        n_test = min(len(idx) - 1, max(1, round(len(idx) * share))) if len(idx) >= 2 else 0
+        test.append(idx[:n_test])
+        val.append(idx[n_test:])
+    splits = {"train": np.zeros(0, np.int64), "val": np.sort(np.concatenate(val)),
+              "test": np.sort(np.concatenate(test))}
+    if not len(splits["val"]) or not len(splits["test"]):
+        raise DataError(f"too few images ({len(strata)}) for a validation and a test set; raise --samples")
+    return splits
+
+
+def load_other_data(config: RunConfig, info: dict, data: str, allow_pickle: bool):
+    """Every labelled image of ``data`` as (images, labels in the run's class order, table)."""
+    d = config.data  # read the other set the way the run read its own (label column, checks)
+    index = load_data(data, samples=d.samples, seed=config.train.seed, allow_pickle=allow_pickle,
+                      workers=d.workers, validate=d.validate, label_column=d.label_column)
+    prepared, _ = label_index(index, config.model.task, config.data.target)
+    if prepared.input_shape != tuple(info["input_shape"]):
+        raise DataError(f"{data}: images of shape {prepared.input_shape}, but the model takes {tuple(info['input_shape'])}")
+    y = prepared.y
+    if config.model.task in ("classification", "anomaly"):
+        unknown = sorted(set(prepared.class_names) - set(info["class_names"]))
+        if unknown:
+            raise DataError(f"{data}: classes {unknown} are unknown to the model, which knows {info['class_names']}")
+        y = np.searchsorted(info["class_names"], np.asarray(prepared.class_names)[y])
+    return prepared.images, y, prepared.table

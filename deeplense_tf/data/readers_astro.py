@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf.data.npy import ALL_ZERO, NON_FINITE, ArrayImages, BadFile
-from deeplense_tf.data.sources import (
+from deeplense_tf.data.index import (
     IMAGE_KEYS, SHOW_PER_PROBLEM, DataIndex, check_items, finite_rows, keep_resident, label_table, raise_or_skip,
 )
 from deeplense_tf.errors import DataError

@@ -19,7 +19,7 @@ import pandas as pd
 from deeplense_tf.data.npy import (
     NON_FINITE, PICKLED, ArrayImages, BadFile, NpyFileImages, NpyHeader, read_npy, read_npy_header, to_hwc,
 )
-from deeplense_tf.data.sources import (
+from deeplense_tf.data.index import (
     IMAGE_KEYS, LABEL_KEYS, NON_FINITE_LABEL, PICKLE_ADVICE, SHOW_PER_PROBLEM, DataIndex, check_items,
     finite_rows, keep_resident, label_table, raise_or_skip,
 )

@@ -1,122 +1,49 @@
-"""The lenstronomy simulator of the DeepLense data sets (Models I-III), without pyHalo or TensorFlow.
+"""The simulator's command: ``python -m deeplense_tf.data.simulate --help``.
 
-    python -m deeplense_tf.data.simulate --preset model_ii --n 1000 --seed 0 --out data/model_ii
-
-writes ``<out>/<class>/<class>_<index>.npy`` (plain float32 (H, W) arrays, never pickled) and
-``<out>/metadata.csv`` (one row per image: every sampled parameter, for regression targets).
-Image ``index`` of class ``c`` is drawn from its own generator,
-``SeedSequence(seed, spawn_key=(class_position, index))``, so a set does not depend on the
-number of workers, and ``--shard K/N`` runs joined equal one run. Recipes: ``sim_physics``;
-lenstronomy rendering and noise: ``sim_render``.
-
-Ring check (brightness-weighted radius of the mean max-normalised no_sub image, the measure of
-``shared/acceptance/03-simulator``; n=30, seed 3, lenstronomy 1.14.2, 2026-11-22):
-model_ii 7.48 px with noise "on", "off" and "published" (DeepLenseSim reference sample: 7.50 px);
-model_i 24.99 px "on", 24.99 px "off", 24.98 px "published" (reference: 24.99 px);
-model_iii 9.49 px (no reference). Presets lens_finding / lens_finding_ground: ``sim_lensfinding``;
-an endless stream of fresh images for training: ``sim_stream.stream``; the command line: ``sim_cli``.
+The engine is ``deeplense_tf.sim`` (no TensorFlow); this command adds the argument parsing and
+``--format shards`` (``simulate_packed``): the images drawn exactly as for the DeepLense layout
+(same per-index seeds) into a hidden staging folder ``OUT/.simulation/`` (resumable: an
+interrupted run continues there), then checked and packed by ``shards.write_shards``
+(``shard-*.npy`` + ``metadata.csv`` + ``pack.json``, written last); the staging folder is then
+removed. ``--shard K/N`` packs its index range into ``OUT/part-K-of-N/``; ``--data OUT`` joins
+the parts and names any part that is still missing. lenstronomy and astropy load when the
+first image is drawn, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
-import difflib
+import argparse
 import json
-import os
 import shutil
-import socket
 import sys
-import uuid
+import time
 from pathlib import Path
 
-import numpy as np
+from deeplense_tf.data.shards import MANIFEST, part_name, write_shards
+from deeplense_tf.data.sources import load_data
+from deeplense_tf.errors import ConfigError, UserError
+from deeplense_tf.sim.generate import check_args, simulate
+from deeplense_tf.sim.physics import GEOMETRIES, NOISE_MODES, PRESETS
 
-from ..errors import ConfigError
-from .sim_physics import CLASSES, GEOMETRIES, NOISE_MODES, PRESETS, Preset
+STAGING = ".simulation"
+FORMATS = ("deeplense", "shards")
 
-__all__ = ["PRESETS", "CLASSES", "Preset", "simulate", "cached_simulation", "merge_shards",
-           "image_rng", "simulate_one"]
+EPILOG = """\
+Output: OUT/<class>/<class>_<index>.npy (float32 (H, W) arrays, (H, W, 4) for
+lens_finding_ground; never pickled) and
+OUT/metadata.csv (one row per image with every sampled parameter: class, axion mass and
+log10 mass, vortex half-length, number and total mass of subhalos, Einstein radius, source
+position/magnitude/size, exposure, seed). Image <index> of a class depends only on
+(--seed, class, index): any --workers and any --shard split give the same images.
+An interrupted run resumes when started again with the same arguments.
+--format shards instead writes the project's packed shards (OUT/shard-*.npy,
+OUT/metadata.csv, OUT/pack.json; with --shard K/N one OUT/part-K-of-N/ per job),
+the fastest input for training: python -m deeplense_tf.train --data OUT.
 
-MANIFEST = "simulation.json"
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), PRESETS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}.{hint}")
-    return PRESETS[name]
-
-
-def default_workers() -> int:
-    """All cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def image_rng(seed: int, class_position: int, index: int) -> np.random.Generator:
-    """The generator of one image: depends on (seed, class, index) only."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(class_position, index)))
-
-
-def simulate_one(preset: str | Preset, cls: str, index: int, seed: int, noise: str = "on",
-                 geometry: str = "deeplensesim", render: bool = True):
-    """Image ``index`` of class ``cls``: (float32 image or None when not ``render``, metadata dict)."""
-    p = preset if isinstance(preset, Preset) else get_preset(preset)
-    if p.kind == "lens_finding":
-        from .sim_lensfinding import draw, get_renderer
-    else:
-        from .sim_physics import draw
-        from .sim_render import get_renderer
-    rng = image_rng(seed, p.classes.index(cls), index)
-    params, meta = draw(p, cls, geometry, rng)
-    renderer = get_renderer(p, cls, geometry)
-    params = renderer.prepare(params, meta)
-    meta = {"class": cls, "index": index, "seed": seed, "preset": p.name, "noise": noise,
-            "geometry": geometry, **meta}
-    return (renderer.render(params, meta, rng, noise) if render else None), meta
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)  # a reader never sees a half-written file
-
-
-def _run_chunk(job: dict) -> list[dict]:
-    """Render (or, for files already there, only re-draw the metadata of) a list of indices."""
-    out, cls, width = Path(job["out"]), job["cls"], job["width"]
-    rows = []
-    for index in job["indices"]:
-        rel = f"{cls}/{cls}_{index:0{width}d}.npy"
-        exists = (out / rel).exists()
-        image, meta = simulate_one(job["preset"], cls, index, job["seed"], job["noise"], job["geometry"],
-                                   render=not exists)
-        if image is not None:
-            _save_atomic(out / rel, image)
-        rows.append({"file": rel, **meta})
-    return rows
-
-
-def _check_args(preset, n_per_class, seed, noise, geometry, workers, shard) -> Preset:
-    p = get_preset(preset)
-    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-        raise ConfigError(f"n_per_class (--n) must be a positive integer; received: {n_per_class!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer; received: {seed!r}")
-    if noise not in NOISE_MODES:
-        raise ConfigError(f"noise must be one of {', '.join(NOISE_MODES)}; received: {noise!r}")
-    if noise == "published" and p.kind != "deeplense":
-        raise ConfigError(f"noise 'published' reproduces the released DeepLense Model I-III data; preset "
-                          f"{p.name} has no published version: use 'on' or 'off'")
-    if geometry not in GEOMETRIES:
-        raise ConfigError(f"geometry must be one of {', '.join(GEOMETRIES)}; received: {geometry!r}")
-    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
-        raise ConfigError(f"workers must be a positive integer or None; received: {workers!r}")
-    if shard is not None:
-        k, n = shard
-        if not (n >= 1 and 0 <= k < n):
-            raise ConfigError(f"shard K/N needs 0 <= K < N (K counts from 0); received: {k}/{n}")
-    return p
+Example (a SLURM job array of 8 tasks, #SBATCH --array=0-7, filling one folder):
+  python -m deeplense_tf.data.simulate --preset model_ii --n 30000 --seed 0 \\
+      --out /scratch/model_ii --shard $SLURM_ARRAY_TASK_ID/8
+"""
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -125,187 +52,106 @@ def parse_shard(text: str) -> tuple[int, int]:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise ConfigError(f"--shard must look like K/N, e.g. 0/4; received: {text!r}") from None
-    _check_args("model_ii", 1, 0, "on", "deeplensesim", None, (k, n))
+    check_args("model_ii", 1, 0, "on", "deeplensesim", None, (k, n))
     return k, n
 
 
-def _prepare_out(out: Path, manifest: dict, p: Preset, clean_tmp: bool) -> None:
-    """Create the folders; refuse to mix two different simulations in one folder (resuming is fine)."""
+def simulate_packed(preset: str, n_per_class: int, seed: int, out: str | Path, workers: int | None = None,
+                    noise: str = "on", progress: bool = True, geometry: str = "deeplensesim",
+                    shard: tuple[int, int] | None = None, shard_size: int | None = None) -> Path:
+    """Simulate (or, with ``shard``, simulate part K of N) and pack; return the packed folder."""
+    p = check_args(preset, n_per_class, seed, noise, geometry, workers, shard)
+    if shard is not None and shard[1] > n_per_class:
+        raise ConfigError(f"--format shards needs at least one image per class in every part: --shard K/N with "
+                          f"N <= --n ({n_per_class}); received N={shard[1]}")
+    target = Path(out) if shard is None else Path(out) / part_name(*shard)
+    recipe = {"preset": p.name, "n_per_class": int(n_per_class), "seed": int(seed), "noise": noise,
+              "geometry": geometry, "shard": list(shard) if shard else None}
+    if (target / MANIFEST).is_file():
+        done = json.loads((target / MANIFEST).read_text()).get("simulation")
+        if done == recipe:
+            return target  # finished earlier: nothing to do
+        raise ConfigError(f"{target} already holds packed data ({done or 'not from the simulator'}); "
+                          f"requested {recipe}. Choose another --out.")
+    foreign = sorted(c.name for c in target.iterdir() if not _ours(c.name)) if target.is_dir() else []
+    if foreign:
+        raise ConfigError(f"--out {target} holds other files ({', '.join(foreign[:5])}); choose an empty folder "
+                          "(--format shards writes shard-*.npy, metadata.csv and pack.json there)")
+    staging = target / STAGING
+    simulate(p.name, n_per_class, seed, staging, workers=workers, noise=noise, progress=progress,
+             geometry=geometry, shard=shard)
+    if shard is not None:  # this part's rows only: the staging folder holds no other images
+        k, n = shard
+        shutil.copyfile(staging / f"metadata-shard-{k:04d}-of-{n:04d}.csv", staging / "metadata.csv")
+    index = load_data(str(staging), workers=workers, seed=seed)
+    write_shards(index, target, shard_size=shard_size, seed=seed, overwrite=True,
+                 extra={"simulation": recipe, "source": f"python -m deeplense_tf.data.simulate ({p.name})"})
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _ours(name: str) -> bool:
+    """What an interrupted run of ours may have left in its folder (and may resume or replace)."""
+    return name in (STAGING, "metadata.csv") or name.startswith(("shard-", "pack.json"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m deeplense_tf.data.simulate",
+        description="Simulate strong-lensing images with lenstronomy: the DeepLense substructure classes "
+                    "no_sub / cdm / axion (Models I-III) or lens / non_lens stamps (lens finding).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    presets = "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
+    ap.add_argument("--preset", required=True, metavar="NAME",
+                    help=f"data set recipe. {presets}")
+    ap.add_argument("--n", type=int, required=True, help="number of images per class")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="master seed (non-negative); each image gets its own seed from (seed, class, index)")
+    ap.add_argument("--out", required=True, help="output folder (created; an existing run there is resumed)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="worker processes (default: all cores); does not change the images")
+    ap.add_argument("--noise", choices=NOISE_MODES, default="on",
+                    help="on (default): the preset's noise is added (Models II/III: sky + read-out "
+                         "background and Poisson noise of the instrument; Model I: background and photon "
+                         "counts). off: noiseless model image (Model I: expected counts). published: "
+                         "reproduces the released DeepLense data: for Model II/III twice the noiseless image "
+                         "and no noise (the published code computes the noise and never adds it); for "
+                         "Model I its doubled Poisson term")
+    ap.add_argument("--geometry", choices=GEOMETRIES, default="deeplensesim",
+                    help="deeplensesim (default): Einstein radius from luminosity distances (1.28\" for "
+                         "1e12 Msun) and, in Models II/III, lenstronomy's z_source_convention 2.5, as "
+                         "DeepLenseSim did (rings match the released data). physical: angular-diameter "
+                         "distances (1.66\") defined at the true source redshift 1.0. "
+                         "Lens-finding presets draw their Einstein radii directly and ignore it")
+    ap.add_argument("--shard", metavar="K/N", default=None,
+                    help="write only the K-th (from 0) of N contiguous index ranges of every class, with "
+                         "the same per-image seeds as the full set; all shards may share one --out, the "
+                         "last one to finish joins their metadata into metadata.csv")
+    ap.add_argument("--format", choices=FORMATS, default="deeplense",
+                    help="deeplense (default): OUT/<class>/*.npy + metadata.csv, the released data's layout. "
+                         "shards: the same images packed as python -m deeplense_tf.data.pack writes them "
+                         "(memory-mapped .npy shards, the fastest for training); drawn in OUT/.simulation/ "
+                         "first, which is removed once packed")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        for cls in p.classes:
-            (out / cls).mkdir(parents=True, exist_ok=True)
-        path = out / MANIFEST
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old != manifest:
-                raise ConfigError(f"{out} already holds a different simulation ({old}); "
-                                  f"requested {manifest}. Choose another --out.")
-        else:
-            if any(next((out / c).glob("*.npy"), None) for c in p.classes):
-                raise ConfigError(f"{out} holds .npy files but no {MANIFEST}: choose an empty --out")
-            tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-            tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, path)
-        if clean_tmp:  # leftovers of an interrupted run
-            for cls in p.classes:
-                for f in (out / cls).glob(".*.tmp-*"):
-                    f.unlink(missing_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot write the simulation to --out {out}: {e}") from None
-
-
-def _jobs(p: Preset, ranges: range, n_per_class, seed, noise, geometry, out, workers) -> list[dict]:
-    total = len(ranges) * len(p.classes)
-    size = int(min(50, max(1, -(-total // (workers * 8)))))
-    width = max(5, len(str(n_per_class - 1)))
-    per_class = [[{"preset": p.name, "cls": c, "indices": list(ranges[i:i + size]), "seed": seed,
-                   "noise": noise, "geometry": geometry, "out": str(out), "width": width}
-                  for i in range(0, len(ranges), size)] for c in p.classes]
-    # round robin over classes: even load and an honest images/s from the start
-    return [j for group in zip(*per_class) for j in group]
-
-
-def _pool_context():
-    import multiprocessing as mp
-
-    # fork is fast; a parent that already runs TensorFlow threads must not be forked
-    return mp.get_context("spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork")
-
-
-def _build_renderers_here(jobs: list[dict]) -> None:
-    """Import lenstronomy and build each class's renderer in this process, before forking.
-
-    Forked workers inherit both, so the ~3-4 s of imports and set-up are paid once, not once
-    per worker (for Model I at 150 per class that was a third of the run). Drawing without
-    rendering leaves every image's generator untouched: the images do not change.
-    """
-    for preset, cls, geometry in dict.fromkeys((j["preset"], j["cls"], j["geometry"]) for j in jobs):
-        simulate_one(preset, cls, 0, 0, geometry=geometry, render=False)
-
-
-def _execute(jobs: list[dict], workers: int, progress: bool, desc: str) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    rows = []
-    with tqdm(total=sum(len(j["indices"]) for j in jobs), unit="img", desc=desc, disable=not progress,
-              smoothing=0.1) as bar:
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                rows += _run_chunk(job)
-                bar.update(len(job["indices"]))
-            return rows
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        context = _pool_context()
-        if context.get_start_method() == "fork":
-            _build_renderers_here(jobs)
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            futures = {pool.submit(_run_chunk, job): job for job in jobs}
-            for future in as_completed(futures):
-                rows += future.result()
-                bar.update(len(futures[future]["indices"]))
-    return rows
-
-
-def _write_csv(rows: list[dict], path: Path, classes: tuple[str, ...]) -> None:
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    df["_order"] = df["class"].map(classes.index)
-    df = df.sort_values(["_order", "index"], kind="stable").drop(columns="_order")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def merge_shards(out: str | Path, n_shards: int) -> bool:
-    """Join ``metadata-shard-K-of-N.csv`` into ``metadata.csv`` once all N shards are there."""
-    import pandas as pd
-
-    out = Path(out)
-    parts = sorted(out.glob(f"metadata-shard-*-of-{n_shards:04d}.csv"))
-    if len(parts) != n_shards:
-        return False
-    manifest = json.loads((out / MANIFEST).read_text())
-    frames = [pd.read_csv(f) for f in parts if f.stat().st_size > 0]  # empty: a shard with no indices
-    _write_csv(pd.concat(frames).to_dict("records"), out / "metadata.csv", PRESETS[manifest["preset"]].classes)
-    return True
-
-
-def simulate(preset: str, n_per_class: int, seed: int, out: str | Path, workers: int | None = None,
-             noise: str = "on", progress: bool = True, geometry: str = "deeplensesim",
-             shard: tuple[int, int] | None = None) -> Path:
-    """Write ``n_per_class`` images per class (or shard ``(K, N)`` of them) into ``out``; return ``out``.
-
-    Resumable: images already in ``out`` (from the same preset, n, seed, noise and geometry)
-    are kept and only their metadata is re-drawn.
-    """
-    p = _check_args(preset, n_per_class, seed, noise, geometry, workers, shard)
-    out = Path(out)
-    workers = workers or default_workers()
-    manifest = {"preset": p.name, "n_per_class": int(n_per_class), "seed": int(seed), "noise": noise,
-                "geometry": geometry}
-    _prepare_out(out, manifest, p, clean_tmp=shard is None)
-    k, n_shards = shard or (0, 1)
-    ranges = range(n_per_class * k // n_shards, n_per_class * (k + 1) // n_shards)
-    jobs = _jobs(p, ranges, int(n_per_class), int(seed), noise, geometry, out, workers)
-    desc = p.name if shard is None else f"{p.name} shard {k}/{n_shards}"
-    rows = _execute(jobs, workers, progress, desc)
-    if shard is None:
-        _write_csv(rows, out / "metadata.csv", p.classes)
-    else:
-        if rows:
-            _write_csv(rows, out / f"metadata-shard-{k:04d}-of-{n_shards:04d}.csv", p.classes)
-        else:  # an empty shard (N > n) still reports in, so the join can happen
-            (out / f"metadata-shard-{k:04d}-of-{n_shards:04d}.csv").write_text("")
-        merge_shards(out, n_shards)  # the last shard to finish writes metadata.csv
-    return out
-
-
-def cached_simulation(preset: str, n_per_class: int, seed: int, workers: int | None = None, progress=True,
-                      noise: str = "on", geometry: str = "deeplensesim") -> Path:
-    """A simulated set under ``cache_dir()/sim``, generated once (atomically) and then reused."""
-    from ..cache import cache_dir
-
-    _check_args(preset, n_per_class, seed, noise, geometry, workers, None)
-    key = f"{preset}-n{n_per_class}-s{seed}" + ("" if noise == "on" else f"-noise_{noise}") \
-        + ("" if geometry == "deeplensesim" else f"-{geometry}")
-    root = cache_dir() / "sim"
-    final = root / key
-    if (final / "metadata.csv").exists():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale(root, key)
-    tmp = root / f".{key}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        simulate(preset, n_per_class, seed, tmp, workers=workers, noise=noise, progress=progress,
-                 geometry=geometry)
-        if final.exists() and not (final / "metadata.csv").exists():
-            shutil.rmtree(final)  # cannot come from us (we rename whole sets), but never reuse it
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished the same set first: keep theirs
-            if not (final / "metadata.csv").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _remove_stale(root: Path, key: str) -> None:
-    """Delete temp dirs of interrupted generations (dead process on this host)."""
-    host = socket.gethostname()
-    for d in root.glob(f".{key}.tmp-{host}-*"):
-        try:
-            pid = int(d.name[len(f".{key}.tmp-{host}-"):].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
+        shard = parse_shard(args.shard) if args.shard else None
+        start = time.perf_counter()
+        make = simulate_packed if args.format == "shards" else simulate
+        out = make(args.preset, args.n, args.seed, args.out, workers=args.workers, noise=args.noise,
+                       progress=not args.no_progress, geometry=args.geometry, shard=shard)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.preset} (n={args.n} per class, seed {args.seed}, {args.format} format) to {out} "
+          f"in {seconds:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    from deeplense_tf.data.sim_cli import main
-
     sys.exit(main())

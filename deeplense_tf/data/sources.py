@@ -3,8 +3,8 @@
 | layout | detected by | reader |
 |---|---|---|
 | ``sim:<preset>`` | the prefix | built-in simulator, generated once and cached, then class folders |
-| ``sim-stream:<preset>`` | the prefix | not read here: ``prepare_data`` trains from ``stream_source`` |
-| project shards | ``pack.json`` (written by ``python -m deeplense_tf.data.pack``) | ``pack.read_shards`` |
+| ``sim-stream:<preset>`` | the prefix | not read here: ``prepare.prepare_stream`` and ``stream.py`` |
+| project shards | ``pack.json`` (written by ``python -m deeplense_tf.data.pack``) | ``shards.read_shards`` |
 | shard parts | sub-folders that each hold a ``pack.json`` (``simulate --format shards --shard K/N``) | joined |
 | packed arrays | ``images.npy`` (+ ``labels.npy``), or one ``.npz`` / ``.npy`` file | ``readers_npy.read_packed`` |
 | HDF5 catalogue | an ``.h5`` / ``.hdf5`` file, or a folder holding exactly one | ``readers_astro.read_hdf5`` |
@@ -17,73 +17,28 @@ Every file is checked before training starts (``validate="full"``: header, shape
 non-zero pixels, duplicates, in parallel threads; ``"quick"``: headers and sizes only, pixels are
 then checked in the pipeline) and all problems are reported at once, grouped by kind and naming
 the files, so a broken set fails in seconds instead of mid-epoch. ``skip_bad=True`` drops the
-bad files instead and lists them in ``DataIndex.skipped``.
+bad files instead and lists them in ``DataIndex.skipped``. The checks live in ``index.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from deeplense_tf.data.npy import PICKLED, BadFile, LazyImages
+from deeplense_tf.data import readers_astro, readers_npy
+from deeplense_tf.data.index import DUPLICATE, DataIndex, digest, raise_or_skip
+from deeplense_tf.data.npy import LazyImages
+from deeplense_tf.data.shards import MANIFEST, ConcatImages, pack_parts, read_shards
 from deeplense_tf.errors import DataError
+from deeplense_tf.sim.generate import cached_simulation
 
-log = logging.getLogger("deeplense_tf.data")
-
-SHOW_PER_PROBLEM = 20
-PICKLE_ADVICE = ("unpickling runs code from the file, so it is off by default: pass --allow-pickle if you trust "
-                 "this data, or convert it once to plain arrays (np.save(path, np.asarray(obj[0], 'float32')) "
-                 "and keep the label in metadata.csv)")
-LABEL_KEYS = ("labels", "label", "y")
-IMAGE_KEYS = ("images", "x", "X", "image")
 VALIDATE = ("full", "quick")
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
-DUPLICATE = "duplicated image"
-NON_FINITE_LABEL = "non-finite label"
-# Sets larger than this share of physical memory stay on disk (streamed) unless ``stream`` says otherwise.
-RESIDENT_SHARE = 0.25
-
-
-@dataclass
-class DataIndex:
-    """Images plus one table row per image (``file``, ``class``, numeric label columns, maybe ``split``).
-
-    ``images`` is a float32 ``(N, H, W, C)`` array in memory, or a ``LazyImages`` view that reads
-    from disk (memory-mapped shards, per-file ``.npy``) for sets larger than memory; both index
-    alike (``images[rows]``) and ``pipeline.create_dataset`` accepts both. ``skipped`` lists
-    ``(file, problem)`` for every file dropped by ``skip_bad``.
-    """
-
-    images: np.ndarray | LazyImages
-    table: pd.DataFrame
-    root: str
-    layout: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def describe(self) -> str:
-        """Counts per class, per split and the image shape: what a scan reports before training."""
-        n, shape = len(self.table), tuple(self.images.shape[1:])
-        parts = [f"{n} images of shape {shape} ({self.layout}, {'on disk' if self.streamed else 'in memory'})"]
-        for column in ("split", "class"):
-            if column in self.table:
-                counts = self.table[column].astype(str).value_counts().sort_index()
-                parts.append(f"{column}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        if self.skipped:
-            parts.append(f"skipped {len(self.skipped)} bad file(s)")
-        return "; ".join(parts)
-
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.images, LazyImages)
 
 
 def load_data(spec: str | Sequence[str], *, samples: int = 600, seed: int = 42, allow_pickle: bool = False,
@@ -123,15 +78,10 @@ def split_spec(spec: str | Sequence[str]) -> list[str]:
 
 
 def _load_one(spec: str, **options) -> DataIndex:
-    from deeplense_tf.data import readers_astro, readers_npy
-    from deeplense_tf.data.pack import MANIFEST, pack_parts, read_shards
-
     if spec.startswith("sim-stream:"):  # prepare_data turns it into a stream before it gets here
         raise DataError(f"--data {spec} is an endless training stream (python -m deeplense_tf.train), not a data "
                         f"set to read: a stream run is evaluated on its own test split, or use sim:{spec[11:]}")
     if spec.startswith("sim:"):
-        from deeplense_tf.data.simulate import cached_simulation
-
         root = cached_simulation(spec[4:], options["samples"], options["seed"], workers=options["workers"])
         return readers_npy.read_class_folders(Path(root), **{**options, "allow_pickle": False})
     path = Path(spec).expanduser()
@@ -201,8 +151,6 @@ def join_indexes(indexes: list[DataIndex], root: Path | None = None, splits: lis
                         f"{', '.join(repeated[:5])}): a folder is given twice in --data?")
     name = str(root) if root else ",".join(ix.root for ix in indexes)
     if any(isinstance(ix.images, LazyImages) for ix in indexes):
-        from deeplense_tf.data.pack import ConcatImages
-
         images = ConcatImages([ix.images for ix in indexes])
     else:
         images = np.concatenate([ix.images for ix in indexes])
@@ -211,7 +159,7 @@ def join_indexes(indexes: list[DataIndex], root: Path | None = None, splits: lis
         seen: dict[bytes, int] = {}
         repeats = []
         for i, image in enumerate(images):  # each part was checked on its own; compare across parts
-            first = seen.setdefault(_digest(image), i)
+            first = seen.setdefault(digest(image), i)
             if first != i and part[first] != part[i]:
                 repeats.append((i, f"same pixels as {names[first]}"))
         skipped += raise_or_skip(name, names, {DUPLICATE: repeats}, skip_bad)
@@ -246,137 +194,3 @@ def load_splits(train: str | Sequence[str], val: str | Sequence[str] | None = No
                         f"drop --{twice[0]}-data or give only the training folder as --data")
     parts += [load_data(spec, **options) for spec in explicit.values()]
     return join_indexes(parts, splits=[None, *explicit], skip_bad=options.get("skip_bad", False))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking many items (files, objects) at once: every reader goes through ``check_items``.
-
-@dataclass
-class Checked:
-    """What survived the checks: positions into the item list, their images (or None) and labels."""
-
-    keep: list[int]
-    images: list[np.ndarray | None]
-    labels: list[float | None]
-    skipped: list[tuple[str, str]]
-    shape: tuple[int, ...] | None
-
-
-def check_items(root: Path | str, names: list[str], read: Callable[[int], tuple[np.ndarray, float | None]], *,
-                workers: int | None = None, skip_bad: bool = False, duplicates: bool = True,
-                keep_images: bool = True) -> Checked:
-    """Run ``read(i)`` for every item in threads; collect every problem; raise one ``DataError`` or skip.
-
-    ``read`` returns ``(float32 HWC image, label or None)`` or raises ``BadFile``. Images whose
-    shape differs from the most common one, non-finite labels and (with ``duplicates``) images
-    identical to an earlier one are bad too. ``keep_images=False`` checks every pixel but keeps
-    none in memory (for sets that will be streamed).
-    """
-    def one(i):
-        try:
-            image, label = read(i)
-        except BadFile as err:
-            return err
-        return image.shape, _digest(image) if duplicates else None, label, image if keep_images else None
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        results = list(pool.map(one, range(len(names))))
-    bad: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    shapes = Counter(r[0] for r in results if not isinstance(r, BadFile))
-    expected = shapes.most_common(1)[0][0] if shapes else None
-    seen: dict[bytes, int] = {}
-    for i, result in enumerate(results):
-        if isinstance(result, BadFile):
-            bad[result.kind].append((i, result.detail))
-        elif result[0] != expected:
-            bad["wrong shape"].append((i, f"has shape {result[0]}, expected {expected}"))
-        elif result[2] is not None and not np.isfinite(result[2]):
-            bad[NON_FINITE_LABEL].append((i, f"label {result[2]}"))
-        elif duplicates and result[1] in seen:
-            bad[DUPLICATE].append((i, f"same pixels as {names[seen[result[1]]]}"))
-        elif duplicates:
-            seen[result[1]] = i
-    skipped = raise_or_skip(root, names, bad, skip_bad, shapes)
-    dropped = {i for items in bad.values() for i, _ in items}
-    keep = [i for i in range(len(names)) if i not in dropped]
-    return Checked(keep, [results[i][3] for i in keep], [results[i][2] for i in keep], skipped, expected)
-
-
-def _digest(image: np.ndarray) -> bytes:
-    return hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-
-
-def raise_or_skip(root: Path | str, names: list[str], bad: dict[str, list[tuple[int, str]]], skip_bad: bool,
-                  shapes: Counter | None = None) -> list[tuple[str, str]]:
-    """One ``DataError`` naming the bad items, or (``skip_bad``) their list, each logged.
-
-    Pickled files are never skipped silently: they need ``--allow-pickle``, not dropping.
-    """
-    if not any(bad.values()):
-        return []
-    if not skip_bad or bad.get(PICKLED):
-        raise DataError(bad_files_message(root, names, bad, shapes))
-    skipped = []
-    for kind, items in bad.items():
-        for i, detail in items:
-            problem = f"{kind} ({detail})" if detail else kind
-            log.warning("skipping %s: %s", names[i], problem)
-            skipped.append((names[i], problem))
-    return skipped
-
-
-def bad_files_message(root: Path | str, names: list[str], bad: dict[str, list[tuple[int, str]]],
-                      shapes: Counter | None = None) -> str:
-    """Counts per problem and the first ``SHOW_PER_PROBLEM`` files of each, plus what to do."""
-    count = len({i for items in bad.values() for i, _ in items})
-    lines = [f"{count} of {len(names)} files in {root} cannot be used:"]
-    for kind, items in sorted(bad.items(), key=lambda kv: kv[0] != PICKLED):
-        advice = f"; {PICKLE_ADVICE}" if kind == PICKLED else ""
-        shown = ", ".join(f"{names[i]} ({d})" if d else names[i] for i, d in items[:SHOW_PER_PROBLEM])
-        more = f" ... and {len(items) - SHOW_PER_PROBLEM} more" if len(items) > SHOW_PER_PROBLEM else ""
-        lines.append(f"  {kind} ({len(items)} file{'s' * (len(items) != 1)}{advice}): {shown}{more}")
-    if shapes and len(shapes) > 1:
-        lines.append("  shapes found: " + ", ".join(f"{s} x {n}" for s, n in shapes.most_common()))
-    if PICKLED not in bad:
-        lines.append("  fix or remove these files, or pass --skip-bad to train without them")
-    return "\n".join(lines)
-
-
-def label_table(table: pd.DataFrame, label_column: str | None, where: str) -> pd.DataFrame:
-    """Check ``label_column`` and expose it as ``is_lens`` (0/1 values) or ``class`` (anything else)."""
-    if label_column is None:
-        return table
-    if label_column not in table.columns:
-        raise DataError(f"{where}: no label column '{label_column}'. Columns: {sorted(map(str, table.columns))}")
-    values = table[label_column]
-    numeric = pd.to_numeric(values, errors="coerce")
-    if values.dtype.kind in "fiub" and not np.isfinite(numeric).all():
-        bad = np.flatnonzero(~np.isfinite(numeric.to_numpy(np.float64)))
-        raise DataError(f"{where}: '{label_column}' is not finite in {len(bad)} row(s), e.g. rows "
-                        f"{bad[:SHOW_PER_PROBLEM].tolist()}")
-    table = table.copy()
-    if values.dtype.kind in "fiub" and set(np.unique(numeric)) <= {0, 1}:
-        table["is_lens"] = numeric.astype(np.int32)
-    else:
-        table["class"] = values.astype(str)
-    return table
-
-
-def keep_resident(nbytes: int, stream: bool | None) -> bool:
-    """In memory unless asked to stream, or (``stream=None``) larger than ``RESIDENT_SHARE`` of RAM."""
-    if stream is not None:
-        return not stream
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 8 << 30
-    return nbytes <= RESIDENT_SHARE * total
-
-
-def finite_rows(images: np.ndarray | LazyImages, chunk: int = 4096) -> np.ndarray:
-    """Indices of images holding NaN/Inf, read chunk by chunk (works on memory maps larger than RAM)."""
-    bad = []
-    for start in range(0, len(images), chunk):
-        block = np.asarray(images[start:start + chunk])
-        bad.extend((start + np.flatnonzero(~np.isfinite(block).all(axis=(1, 2, 3)))).tolist())
-    return np.asarray(bad, np.int64)

@@ -9,14 +9,12 @@ targets and the exported SavedModel serves the score directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import keras
 from keras import layers, ops
 
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.models.preprocess import preprocessing_block
+from deeplense_tf.models.registry import ArchSpec, check_arch_task, register_arch
 
 WIDTHS = (32, 64, 128)  # three stride-2 stages: the side must be a multiple of 8
 
@@ -124,21 +122,6 @@ def variational_autoencoder(inputs, side: int, channels: int, latent: int = 32, 
     return KLScore(name="anomaly_score")(score, mean, log_var)
 
 
-@dataclass(frozen=True)
-class AutoencoderSpec:
-    name: str
-    builder: Callable
-    description: str
-
-
-AUTOENCODERS = {
-    spec.name: spec for spec in (
-        AutoencoderSpec("conv_autoencoder", conv_autoencoder, "convolutional autoencoder, score = reconstruction MSE"),
-        AutoencoderSpec("vae", variational_autoencoder, "variational autoencoder, score = reconstruction MSE + KL"),
-    )
-}
-
-
 def reconstruction_model(model: keras.Model) -> keras.Model:
     """The autoencoder's images -> (standardised image, reconstruction) at inference, for plots.
 
@@ -154,10 +137,16 @@ def reconstruction_model(model: keras.Model) -> keras.Model:
 
 def create_autoencoder(name: str, input_shape: tuple[int, int, int], image_size: int | None = None,
                        seed: int | None = None, augment=()) -> keras.Model:
-    if name not in AUTOENCODERS:
-        raise ConfigError(f"--task anomaly needs an autoencoder architecture: {', '.join(AUTOENCODERS)}. "
-                          f"Received: arch={name!r}")
+    spec = check_arch_task(name, "anomaly")
     side = _side(image_size or input_shape[0])
     inputs = keras.Input(input_shape, name="image")
-    score = AUTOENCODERS[name].builder(inputs, side, input_shape[-1], seed=seed, augment=augment)
+    score = spec.builder(inputs, side, input_shape[-1], seed=seed, augment=augment)
     return keras.Model(inputs, score, name=f"{name}_anomaly")
+
+
+for _name, _builder, _notes in (
+    ("conv_autoencoder", conv_autoencoder, "convolutional autoencoder, score = reconstruction MSE"),
+    ("vae", variational_autoencoder, "variational autoencoder, score = reconstruction MSE + KL"),
+):
+    register_arch(ArchSpec(_name, _builder, default_size=64, min_size=32, family="autoencoder", source="deeplense_tf",
+                           notes=_notes, tasks=("anomaly",)))

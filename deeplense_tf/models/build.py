@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import keras
 
-from deeplense_tf import losses, schedules  # noqa: F401  (register what checkpoints' compile configs name)
 from deeplense_tf.config import ModelConfig
-from deeplense_tf.data.augment import augmentation_layers
+from deeplense_tf.models.augment import augmentation_layers
 from deeplense_tf.models import heads
 from deeplense_tf.models.autoencoders import create_autoencoder
 from deeplense_tf.models.preprocess import preprocessing_block

@@ -1,4 +1,5 @@
-"""Parameter counts of every backbone at 64x64 with 1 channel, cached in ``param_counts.json``.
+"""Parameter counts of every architecture at 64x64 with 1 channel, cached in ``param_counts.json``
+(backbones alone; autoencoders whole).
 
 ``--list-archs`` prints them, and building all ~56 backbones takes minutes on a 2-core CPU,
 so the counts are read from the table shipped beside this module. A name missing from the
@@ -16,14 +17,22 @@ import json
 import sys
 from pathlib import Path
 
+import keras
+
+from deeplense_tf.cli import prepare_environment, run_cli
+from deeplense_tf.models.autoencoders import create_autoencoder
+from deeplense_tf.models.registry import ARCHS, create_backbone, get_arch, input_plan, list_archs
+from deeplense_tf.runs import atomic_write_text
+
 TABLE = Path(__file__).with_name("param_counts.json")
 IMAGE_SHAPE = (64, 64, 1)  # the DeepLense image size; smaller minimum sizes are raised (Inception: 75)
 
 
 def count_params(name: str) -> int:
-    """Build the backbone alone (no preprocessing, no head) as ``create_model`` would at 64x64x1."""
-    from deeplense_tf.models.registry import create_backbone, input_plan
-
+    """Build the backbone alone (no preprocessing, no head) as ``create_model`` would at 64x64x1;
+    an autoencoder whole (it has no separate backbone)."""
+    if "anomaly" in get_arch(name).tasks:
+        return int(create_autoencoder(name, IMAGE_SHAPE).count_params())
     return int(create_backbone(name, input_plan(name, IMAGE_SHAPE).shape).count_params())
 
 
@@ -49,31 +58,22 @@ def format_count(n: int) -> str:
 
 def write_table(names: list[str]) -> dict[str, int]:
     """Rebuild the named backbones' entries (others kept, unregistered ones dropped) and write the table."""
-    import keras
-
-    from deeplense_tf.models.registry import ARCHS
-    from deeplense_tf.runs import atomic_write_text
-
     counts = {name: n for name, n in load_table().items() if name in ARCHS}
     for name in names:
         counts[name] = count_params(name)
         keras.backend.clear_session()  # the largest backbones hold ~1.4 GB each
         print(f"{name:<28} {counts[name]:>12,d}", flush=True)
-    doc = {"image_shape": list(IMAGE_SHAPE), "note": "backbone only, weights=None; regenerate with "
+    doc = {"image_shape": list(IMAGE_SHAPE), "note": "backbone only (autoencoders whole), weights=None; regenerate with "
            "python -m deeplense_tf.models.param_counts [NAME...]", "params": dict(sorted(counts.items()))}
     atomic_write_text(TABLE, json.dumps(doc, indent=1) + "\n")
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deeplense_tf.cli import prepare_environment, run_cli
-
     names = list(sys.argv[1:] if argv is None else argv)
     prepare_environment()
 
     def job():
-        from deeplense_tf.models.registry import get_arch, list_archs
-
         for name in names:
             get_arch(name)  # a typo fails before minutes of building
         write_table(names or list_archs())

@@ -1,7 +1,9 @@
 """Architecture registry: one name -> one ``ArchSpec``; ``create_backbone`` builds it.
 
 Adding an architecture means one ``register_arch(ArchSpec(...))`` call in the module that
-builds it (applications.py for Keras Applications); nothing else names architectures.
+builds it (applications.py for Keras Applications) and, for a new module, one import line in
+``models/__init__.py``; nothing else names architectures. This module imports none of them.
+Autoencoders (``--task anomaly``) are registered here too, with ``tasks=("anomaly",)``.
 
     >>> from deeplense_tf.models.registry import create_backbone, input_plan, list_archs
     >>> list_archs("convnext_*")
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,6 +24,7 @@ import keras
 from deeplense_tf.errors import ConfigError, UserError
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
+SUPERVISED_TASKS = ("regression", "classification", "lens_finding")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class ArchSpec:
     pooled features (N, F); it receives ``weights`` None or "imagenet" only (a weights
     file is loaded by ``create_backbone`` after building). ``imagenet_scaling`` is the
     input scaling the ImageNet weights expect (``preprocess.ImageNetInput``), None when no
-    ImageNet weights exist.
+    ImageNet weights exist. ``tasks``: the tasks it serves; an autoencoder's ``("anomaly",)``
+    builder is ``builder(inputs, side, channels, seed=, augment=)`` -> the anomaly score.
     """
 
     name: str
@@ -45,6 +47,7 @@ class ArchSpec:
     source: str  # "keras.applications" or "deeplense_tf" or the library that builds it
     imagenet_scaling: str | None = None
     notes: str = field(default="", compare=False)
+    tasks: tuple[str, ...] = SUPERVISED_TASKS
 
     @property
     def has_imagenet(self) -> bool:
@@ -93,8 +96,20 @@ def get_arch(name: str) -> ArchSpec:
         ) from None
 
 
-def list_archs(pattern: str = "*") -> list[str]:
-    return sorted(fnmatch.filter(ARCHS, pattern))
+def list_archs(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered names matching the glob ``pattern``; with ``task``, only those that serve it."""
+    return sorted(name for name in fnmatch.filter(ARCHS, pattern) if task is None or task in ARCHS[name].tasks)
+
+
+def check_arch_task(name: str, task: str) -> ArchSpec:
+    """The spec of ``name`` if it serves ``task`` (an autoencoder only ``anomaly``, a backbone the rest)."""
+    spec = get_arch(name)
+    if task not in spec.tasks:
+        fits = list_archs(task=task)
+        shown = ", ".join(fits) if len(fits) <= 5 else f"{len(fits)} architectures"
+        raise ConfigError(f"--arch {name} serves --task {' / '.join(spec.tasks)}, not {task}. Architectures for "
+                          f"{task}: {shown} (`python -m deeplense_tf.train --list-archs`)")
+    return spec
 
 
 def normalize_weights(weights: str | None) -> str | None:
@@ -151,6 +166,8 @@ def create_backbone(
     C == 3), or a path to weights saved from the same backbone (``save_weights``).
     """
     spec = get_arch(name)
+    if "anomaly" in spec.tasks:
+        raise ConfigError(f"{name} is an autoencoder, not a backbone: use it with --task anomaly")
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"input_shape must be (H, W, C). Received: input_shape={input_shape}")
@@ -195,16 +212,3 @@ def _load_weights_file(model: keras.Model, path: str, name: str) -> None:
             f"{tuple(model.input_shape[1:])}: {detail}. The file must come from the same "
             "architecture and input channels (backbone.save_weights(...))"
         ) from exc
-
-
-# Importing these modules registers their architectures; a new module is added here.
-BUILTIN_MODULES = (
-    "deeplense_tf.models.applications",
-    "deeplense_tf.models.convnets",
-    "deeplense_tf.models.transformers",
-    "deeplense_tf.models.fusion",
-    "deeplense_tf.models.deeplens_resnet",
-)
-for _module in BUILTIN_MODULES:
-    if importlib.util.find_spec(_module) is not None:
-        importlib.import_module(_module)

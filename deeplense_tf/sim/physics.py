@@ -2,7 +2,7 @@
 
 Everything here follows the DeepLenseSim recipe (``shared/DOMAIN.md``, "Simulation recipe").
 A draw returns lenstronomy keyword arguments plus one metadata row; rendering them is
-``sim_render``'s job, so metadata can be rebuilt cheaply (resuming a run) without rendering.
+``render``'s job, so metadata can be rebuilt cheaply (resuming a run) without rendering.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Preset:
     source_magnitude: float | None = None  # SimAPI presets give the source a magnitude ...
     source_amp: float | None = None  # ... the generic one a lenstronomy amplitude
     classes: tuple[str, ...] = CLASSES
-    kind: str = "deeplense"  # "deeplense" (sim_physics + sim_render) | "lens_finding" (sim_lensfinding)
+    kind: str = "deeplense"  # "deeplense" (physics + render) | "lens_finding" (lens_finding)
     bands: tuple[str, ...] = ()  # lens finding: one channel per band, stored (H, W) or (H, W, bands)
 
     @property

@@ -53,3 +53,16 @@ def augmentation_layers(seed: int | None = None, shift: float = 0.0, noise: floa
     if noise:
         layers.append(keras.layers.GaussianNoise(noise, seed=None if seed is None else seed + 3, name="random_noise"))
     return layers
+
+
+def augmenter(seed: int | None = None):
+    """The augmentation layers as a ``Dataset.map`` function on batches (always training): for
+    ``create_dataset(augment=...)``, the flips / rotations in the pipeline instead of the model."""
+    layers = augmentation_layers(seed)
+
+    def apply(x, y):
+        for layer in layers:
+            x = layer(x, training=True)
+        return x, y
+
+    return apply

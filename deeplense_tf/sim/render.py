@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .sim_physics import Z_LENS, Z_SOURCE, Preset, cosmology, z_source_convention
+from deeplense_tf.sim.physics import N_SUBHALOS, VORTEX_POINTS, Z_LENS, Z_SOURCE, Preset, cosmology, z_source_convention
 
 _NUMERICS = {"supersampling_factor": 1, "point_source_supersampling_factor": 1}
 _RENDERERS: dict[tuple, "Renderer"] = {}
@@ -112,8 +112,6 @@ class Renderer:
     def __init__(self, preset: Preset, cls: str, geometry: str, grouped: bool = True):
         """``grouped``: all point masses as one ``PointMasses`` profile (the fast default);
         False, or a lenstronomy whose layout is not the expected one: one ``POINT_MASS`` each."""
-        from .sim_physics import N_SUBHALOS, VORTEX_POINTS
-
         self.preset = preset
         n_points = {"no_sub": 0, "cdm": N_SUBHALOS, "axion": VORTEX_POINTS}[cls]
         self.grouped = False

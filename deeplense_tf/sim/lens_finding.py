@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from .sim_physics import Preset
+from deeplense_tf.sim.physics import Preset
 
 # colour of each band relative to the first one (r or VIS): red deflector, bluer source
 LENS_COLOUR = {"VIS": 0.0, "r": 0.0, "i": -0.45, "g": 0.85, "u": 2.3}

@@ -4,6 +4,8 @@
 (STACK.md): the ``serve`` endpoint here calls the model with ``training=False``, so two
 calls on the same images agree. Load it with ``tf.saved_model.load(path).serve(images)``
 (images float32 ``[N, H, W, C]`` as stored on disk), or ``signatures["serving_default"]``.
+``load_run_model`` reads a run's model back (importing ``deeplense_tf.models`` has registered
+every custom layer by the time this module is imported).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from deeplense_tf import runs
+from deeplense_tf.errors import UserError
 
 
 def export_saved_model(model: keras.Model, path: str | Path) -> Path:
@@ -31,3 +34,12 @@ def export_run(model: keras.Model, run_dir: str | Path) -> dict[str, Path]:
     runs.save_keras_model(model, run_dir / runs.KERAS_MODEL)
     saved = export_saved_model(model, run_dir / runs.SAVED_MODEL)
     return {"saved_model": saved, "keras": run_dir / runs.KERAS_MODEL}
+
+
+def load_run_model(run_dir: str | Path) -> keras.Model:
+    """``model.keras`` of a finished run, else its best (or last) checkpoint."""
+    run_dir = Path(run_dir)
+    for name in (runs.KERAS_MODEL, runs.BEST, runs.LAST):
+        if (run_dir / name).is_file():
+            return keras.models.load_model(run_dir / name, compile=False)
+    raise UserError(f"{run_dir} has no trained model ({runs.KERAS_MODEL} or checkpoints/*.keras)")

@@ -9,7 +9,7 @@ import keras
 
 from deeplense_tf import runs
 from deeplense_tf.errors import UserError
-from deeplense_tf.schedules import current_lr
+from deeplense_tf.training.schedules import current_lr
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):

@@ -1,7 +1,7 @@
 """An endless, class-balanced stream of freshly simulated images from worker processes.
 
 For a ``tf.data`` source (``tf.data.Dataset.from_generator(lambda: stream(...), ...)``) that
-never repeats a lens: ``stream_source`` wraps it for training (``--data sim-stream:<preset>``);
+never repeats a lens: ``deeplense_tf.data.stream`` wraps it for training (``--data sim-stream:<preset>``);
 this module needs no TensorFlow. Global position ``g`` is image ``g // C`` of class
 ``classes[g % C]`` (the C streamed classes, by default all of the preset's, in preset order),
 with the same per-image seed as ``simulate``, so streaming one class (``classes=("axion",)``)
@@ -16,12 +16,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from deeplense_tf.errors import ConfigError
+from deeplense_tf.sim.generate import check_args, get_preset, simulate_one
+from deeplense_tf.sim.workers import default_workers, process_pool
+
 
 def render_block(preset: str, seed: int, noise: str, geometry: str, start: int, count: int,
                  classes: tuple[str, ...] | None = None) -> list[tuple]:
     """Global positions start .. start+count-1 as (image, class_position, metadata)."""
-    from .simulate import get_preset, simulate_one
-
     p = get_preset(preset)
     cycle = tuple(classes) if classes else p.classes
     items = []
@@ -41,9 +43,7 @@ def stream(preset: str, seed: int, workers: int | None = None, noise: str = "on"
     target); the class position stays the preset's. The output does not depend on ``workers``;
     at most ``2 * workers`` blocks are in flight.
     """
-    from .simulate import _check_args, _pool_context, default_workers
-
-    p = _check_args(preset, 1, seed, noise, geometry, workers, None)
+    p = check_args(preset, 1, seed, noise, geometry, workers, None)
     classes = check_classes(p.name, p.classes, classes)
     workers = workers or default_workers()
     args = (preset, seed, noise, geometry)
@@ -51,9 +51,7 @@ def stream(preset: str, seed: int, workers: int | None = None, noise: str = "on"
         while True:
             yield from render_block(*args, start, block, classes)
             start += block
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+    with process_pool(workers) as pool:
         pending: deque = deque()
         try:
             while True:
@@ -68,8 +66,6 @@ def stream(preset: str, seed: int, workers: int | None = None, noise: str = "on"
 
 def check_classes(preset: str, known: tuple[str, ...], classes: Sequence[str] | None) -> tuple[str, ...] | None:
     """None (all classes), or distinct classes of the preset, kept in the preset's order."""
-    from ..errors import ConfigError
-
     if classes is None:
         return None
     chosen = tuple(str(c) for c in classes)

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution  # what Keras' train_step uses
 
-from deeplense_tf.batchnorm import batch_norm_layers
+from deeplense_tf.training.batchnorm import batch_norm_layers
 
 
 def _loss(model, x, y, sample_weight):

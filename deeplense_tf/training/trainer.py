@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -17,27 +19,29 @@ import pandas as pd
 import tensorflow as tf
 
 from deeplense_tf import runs
-from deeplense_tf.batchnorm import AverageBatchNormOverReplicas, RecalibrateBatchNorm
-from deeplense_tf.callbacks import AtomicCheckpoint, LogLearningRate, StopOnNaN
 from deeplense_tf.config import RunConfig, TrainConfig, replace
 from deeplense_tf.data.pipeline import create_dataset
 from deeplense_tf.data.prepare import PreparedData, check_split, prepare_data, split_table
-from deeplense_tf.data.stream_source import StreamSource
-from deeplense_tf.distributed import (distribute, fit_distributed, is_chief, make_strategy, on_chief,
-                                     strategy_share, whole_step_batch, whole_steps)
+from deeplense_tf.data.stream import StreamSource
 from deeplense_tf.errors import ConfigError, UserError
-from deeplense_tf.evaluate import evaluate_predictions, predict, summary_line
-from deeplense_tf.export import export_run
-from deeplense_tf.finetune import finetune_callbacks, set_finetune_state
+from deeplense_tf.evaluation.plots import training_curves
+from deeplense_tf.evaluation.report import evaluate_predictions, predict, summary_line
+from deeplense_tf.models.augment import augmenter
 from deeplense_tf.models.build import create_model
-from deeplense_tf.models.registry import get_arch, normalize_weights
-from deeplense_tf.reseed import ReseedRandomLayers
-from deeplense_tf.losses import task_loss
-from deeplense_tf.sam import enable_sam
-from deeplense_tf.schedules import learning_rate
-from deeplense_tf.tasks import get_task
+from deeplense_tf.models.export import export_run
+from deeplense_tf.models.registry import check_arch_task, normalize_weights
+from deeplense_tf.tasks import Task, get_task
+from deeplense_tf.training.batchnorm import AverageBatchNormOverReplicas, RecalibrateBatchNorm
+from deeplense_tf.training.callbacks import AtomicCheckpoint, LogLearningRate, StopOnNaN
+from deeplense_tf.training.distributed import (distribute, fit_distributed, is_chief, make_strategy, on_chief,
+                                               strategy_share, whole_step_batch, whole_steps)
+from deeplense_tf.training.finetune import finetune_callbacks, set_finetune_state
+from deeplense_tf.training.losses import task_loss  # also registers the losses a compiled checkpoint names
+from deeplense_tf.training.reseed import ReseedRandomLayers
+from deeplense_tf.training.sam import enable_sam
+from deeplense_tf.training.schedules import learning_rate  # also registers the schedules checkpoints name
 
-OPTIMIZERS = {
+OPTIMIZER_FACTORIES = {
     "adam": lambda t, lr, clip: keras.optimizers.Adam(lr, clipnorm=clip),
     "adamw": lambda t, lr, clip: keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=clip),
     "sgd": lambda t, lr, clip: keras.optimizers.SGD(lr, momentum=t.momentum, nesterov=True, clipnorm=clip),
@@ -51,8 +55,7 @@ METRICS = {
 
 
 def train_run(config: RunConfig) -> Path:
-    if config.model.task != "anomaly":
-        get_arch(config.model.arch)  # a typo fails now, not after minutes of data loading
+    check_arch_task(config.model.arch, config.model.task)  # a typo fails now, not after minutes of data loading
     normalize_weights(config.model.weights)
     strategy = set_up(config.train)
     data = prepare_data(config)
@@ -122,7 +125,7 @@ def steps_per_epoch(config: RunConfig, data: PreparedData) -> int:
 def make_optimizer(train: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
     """The run's optimiser with its learning-rate schedule (``steps`` optimiser steps per epoch)."""
     lr = learning_rate(train.schedule, train.lr, steps, train.epochs, train.warmup_epochs)
-    return OPTIMIZERS[train.optimizer](train, lr, train.clipnorm)
+    return OPTIMIZER_FACTORIES[train.optimizer](train, lr, train.clipnorm)
 
 
 def compile_model(model: keras.Model, config: RunConfig, steps: int = 1) -> None:
@@ -140,101 +143,162 @@ def fit_and_finish(model: keras.Model, config: RunConfig, data: PreparedData, ru
     return finish(config, data, run_dir)
 
 
+@dataclass
+class FitInputs:
+    """What ``fit`` reads, in per-replica batches: training (with its steps per epoch), validation,
+    the batches BatchNorm recalibration reads, and the stream of a ``sim-stream:`` run."""
+
+    train: tf.data.Dataset
+    batch: int  # per replica
+    steps: int | None
+    recalibration: Callable[[], tf.data.Dataset]
+    stream: StreamSource | None = None
+    val: tf.data.Dataset | None = None
+    val_steps: int | None = None
+
+
 def fit_model(model: keras.Model, config: RunConfig, data: PreparedData, run_dir: Path, initial_epoch: int = 0,
               extra_callbacks: tuple = ()) -> keras.callbacks.History | None:
     """``model.fit`` with the run's callbacks; None when the run had already finished its epochs."""
-    t = config.train
-    task = get_task(config.model.task)
-    x_val, y_val = data.subset("val")
-    strategy, batch = model.distribute_strategy, t.batch_size
-    stream = None
+    if initial_epoch >= config.train.epochs:
+        return None
+    inputs = fit_inputs(model, config, data, initial_epoch)
+    callbacks, nan_guard = fit_callbacks(model, config, run_dir, inputs, initial_epoch, extra_callbacks)
+    history = run_fit(model, config, run_dir, inputs, callbacks, initial_epoch)
+    nan_guard.raise_if_failed()
+    return history
+
+
+def local_replicas(model: keras.Model, train: TrainConfig) -> int:
+    """Replicas ``fit`` spreads a step over (``fit_distributed`` counts its own under multiworker)."""
+    return 1 if train.strategy == "multiworker" else model.distribute_strategy.num_replicas_in_sync
+
+
+def fit_inputs(model: keras.Model, config: RunConfig, data: PreparedData, initial_epoch: int) -> FitInputs:
+    """Training batches (stored or streamed) and validation batches cut to whole steps over the replicas."""
+    replicas = local_replicas(model, config.train)
     if data.stream is not None:  # --data sim-stream:<preset>: batches simulated on the fly, class-balanced
-        stream = StreamSource.for_model(model, config, data, initial_epoch, lambda y: _fit_labels(task.name, y))
-        train_ds = stream.dataset(config.model.augment and config.model.augment_in_pipeline, t.seed)
-        batch = stream.batch_size  # per replica
+        inputs = stream_inputs(model, config, data, initial_epoch)
     else:
-        x_train, y_train = data.subset("train")
-        if strategy is not tf.distribute.get_strategy():  # this worker's rows; the global batch split over the replicas
-            x_train, y_train, batch = strategy_share(strategy, x_train, y_train, batch)
-        train_ds = create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed,
-                                  balance=t.balance, first_epoch=initial_epoch,  # a resumed run: the same batches
-                                  deterministic=t.deterministic, augment=config.model.augment and config.model.augment_in_pipeline,
-                                  cache=(True if t.cache == "memory" else t.cache) if t.cache else False)
-        if t.class_weights == "balanced" and task.name in ("classification", "lens_finding"):
-            train_ds = with_class_weights(train_ds, data.y[data.splits["train"]])  # whole split: alike on every worker
-    # Local replicas (--strategy mirrored): whole steps (distributed.whole_steps); fit_distributed counts its own.
-    replicas = 1 if t.strategy == "multiworker" else strategy.num_replicas_in_sync
-    steps = stream.plan.steps_per_epoch if stream else None
-    if stream is None:
-        train_ds, steps = whole_steps(train_ds, replicas)
-    val_ds, val_steps = whole_steps(create_dataset(x_val, _fit_labels(task.name, y_val),
-                                                   whole_step_batch(len(y_val), batch, replicas), training=False),
-                                    replicas, training=False)
+        inputs = stored_inputs(model, config, data, initial_epoch, replicas)
+    x_val, y_val = data.subset("val")
+    val = create_dataset(x_val, fit_labels(config.model.task, y_val),
+                         whole_step_batch(len(y_val), inputs.batch, replicas), training=False)
+    inputs.val, inputs.val_steps = whole_steps(val, replicas, training=False)
+    return inputs
+
+
+def pipeline_augmenter(config: RunConfig):
+    """``--augment-in-pipeline``: the flips / rotations as a tf.data map instead of model layers."""
+    return augmenter(config.train.seed) if config.model.augment and config.model.augment_in_pipeline else None
+
+
+def stored_inputs(model: keras.Model, config: RunConfig, data: PreparedData, initial_epoch: int,
+                  replicas: int) -> FitInputs:
+    t, task = config.train, config.model.task
+    x, y, batch = *data.subset("train"), t.batch_size
+    if model.distribute_strategy is not tf.distribute.get_strategy():  # this worker's rows, per-replica batch
+        x, y, batch = strategy_share(model.distribute_strategy, x, y, batch)
+    labels = fit_labels(task, y)
+    train = create_dataset(x, labels, batch, training=True, seed=t.seed, balance=t.balance,
+                           first_epoch=initial_epoch,  # a resumed run: the same batches
+                           deterministic=t.deterministic, augment=pipeline_augmenter(config),
+                           cache=(True if t.cache == "memory" else t.cache) if t.cache else False)
+    if t.class_weights == "balanced" and task in ("classification", "lens_finding"):
+        train = with_class_weights(train, data.y[data.splits["train"]])  # whole split: alike on every worker
+    train, steps = whole_steps(train, replicas)  # local replicas: whole steps (distributed.whole_steps)
+    # Recalibration reads its own copy of the training pipeline (another seed), per-replica batches as
+    # BatchNorm trains, epoch-indexed like the training batches so a resumed run draws the same.
+    recalibration = lambda: create_dataset(x, labels, batch, training=True, seed=t.seed + 1,  # noqa: E731
+                                           first_epoch=initial_epoch)
+    return FitInputs(train, batch, steps, recalibration)
+
+
+def stream_inputs(model: keras.Model, config: RunConfig, data: PreparedData, initial_epoch: int) -> FitInputs:
+    """The stream from ``initial_epoch``'s position; recalibration reads the epoch's last batches."""
+    strategy, batch = model.distribute_strategy, config.train.batch_size
+    if strategy is not tf.distribute.get_strategy():  # per-replica batches; a step takes one per replica
+        batch = strategy_share(strategy, None, np.zeros(0), batch)[2]
+    stream = StreamSource(data.stream, batch, lambda y: fit_labels(config.model.task, y), first_epoch=initial_epoch,
+                          keep_last=config.train.bn_recalibration, replicas=strategy.num_replicas_in_sync)
+    return FitInputs(stream.dataset(pipeline_augmenter(config)), batch, data.stream.steps_per_epoch,
+                     stream.recalibration_dataset, stream)
+
+
+def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: FitInputs, initial_epoch: int,
+                  extra: tuple = ()) -> tuple[list[keras.callbacks.Callback], StopOnNaN]:
+    """The run's callbacks in the order they must run, and the NaN guard among them."""
+    t, task = config.train, get_task(config.model.task)
     state_path = run_dir / runs.STATE
     best = runs.read_json(state_path).get("best") if state_path.exists() else None
     nan_guard = StopOnNaN()
-    recalibration = ()
-    if t.bn_recalibration and not tf.distribute.has_strategy():
-        # Its own copy of the training pipeline (another seed), read before each validation.
-        # Per-replica batches, as BatchNorm trains; epoch-indexed like train_ds, so a resumed run draws the same.
-        # A stream run: the last batches of the epoch just trained (stream_source.py).
-        recalibration = (RecalibrateBatchNorm(
-            stream.recalibration_dataset() if stream else
-            create_dataset(x_train, _fit_labels(task.name, y_train), batch, training=True, seed=t.seed + 1,
-                           first_epoch=initial_epoch), t.bn_recalibration),)
-    elif replicas > 1:  # local replicas only: fit_distributed (multiworker) averages itself
-        # No recalibration (--bn-recalibration 0, or fit inside a strategy scope as KerasTuner calls it):
-        # each replica would keep its own BatchNorm averages (batchnorm.py); make them one.
-        recalibration = (AverageBatchNormOverReplicas(strategy),)
-    schedule = ()
-    if t.schedule == "plateau":
-        schedule = (keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5,
-                                                      patience=2, verbose=1),)
-    stopping = ()
-    if t.early_stopping:
-        stopping = (keras.callbacks.EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
-                                                  patience=t.early_stopping, verbose=1),)
     callbacks = [
-        *((stream.callback,) if stream else ()),  # first: tells the stream which epoch begins
+        *((inputs.stream.callback,) if inputs.stream else ()),  # first: tells the stream which epoch begins
         ReseedRandomLayers(t.seed),  # epoch e's augmentation and dropout from (seed, e), as on --resume
         nan_guard,
-        *recalibration,  # before the checkpoint: it saves the recalibrated statistics
+        *batch_norm_callbacks(model, config, inputs),  # before the checkpoint: it saves the recalibrated statistics
         LogLearningRate(),  # before CSVLogger and TensorBoard, which write the logs
         AtomicCheckpoint(run_dir, task.monitor, task.monitor_mode, best=best),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=initial_epoch > 0),
-        *schedule,
-        *stopping,
+        *schedule_callbacks(t, task),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch"),
         *finetune_callbacks(config.model),  # --unfreeze-at
-        *extra_callbacks,
+        *extra,
     ]
-    if initial_epoch >= t.epochs:
-        return None
+    return callbacks, nan_guard
+
+
+def batch_norm_callbacks(model: keras.Model, config: RunConfig, inputs: FitInputs) -> tuple:
+    """Recalibration before each validation (batchnorm.py), or, where it cannot run, one average over replicas."""
+    if config.train.bn_recalibration and not tf.distribute.has_strategy():
+        return (RecalibrateBatchNorm(inputs.recalibration(), config.train.bn_recalibration),)
+    if local_replicas(model, config.train) > 1:  # fit_distributed (multiworker) averages itself
+        # No recalibration (--bn-recalibration 0, or fit inside a strategy scope as KerasTuner calls it):
+        # each replica would keep its own BatchNorm averages; make them one.
+        return (AverageBatchNormOverReplicas(model.distribute_strategy),)
+    return ()
+
+
+def schedule_callbacks(t: TrainConfig, task: Task) -> tuple:
+    """--schedule plateau and --early-stopping, both on the task's validation monitor."""
+    callbacks = []
+    if t.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=task.monitor, mode=task.monitor_mode, factor=0.5,
+                                                           patience=2, verbose=1))
+    if t.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
+                                                       patience=t.early_stopping, verbose=1))
+    return tuple(callbacks)
+
+
+def run_fit(model: keras.Model, config: RunConfig, run_dir: Path, inputs: FitInputs, callbacks: list,
+            initial_epoch: int) -> keras.callbacks.History:
+    """``fit`` (or, under multiworker, ``fit_distributed``); an interrupt says how to resume."""
+    t, strategy = config.train, model.distribute_strategy
     started = time.time()
     try:
         if t.strategy == "multiworker":  # Keras' fit fails under MultiWorkerMirroredStrategy (STACK.md)
-            history = fit_distributed(model, train_ds, val_ds, t.epochs, initial_epoch, callbacks, chief=is_chief())
+            history = fit_distributed(model, inputs.train, inputs.val, t.epochs, initial_epoch, callbacks,
+                                      chief=is_chief())
         else:
-            history = model.fit(distribute(strategy, train_ds), validation_data=distribute(strategy, val_ds),
+            history = model.fit(distribute(strategy, inputs.train), validation_data=distribute(strategy, inputs.val),
                                 epochs=t.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
-                                steps_per_epoch=steps, validation_steps=val_steps,
+                                steps_per_epoch=inputs.steps, validation_steps=inputs.val_steps,
                                 verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (train.main turns it into this)
+        state_path = run_dir / runs.STATE
         done = runs.read_json(state_path)["epochs_done"] if state_path.exists() else 0
         raise UserError(f"interrupted; {done} complete epoch(s) are saved in {run_dir}. Continue with: "
                         f"python -m deeplense_tf.train --resume {run_dir}") from None
     finally:
-        if stream:
-            stream.close()  # the simulator processes
-    nan_guard.raise_if_failed()
+        if inputs.stream:
+            inputs.stream.close()  # the simulator processes
     print(f"training took {time.time() - started:.0f} s")
     return history
 
 
 def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
     """Evaluate the best checkpoint on the test split, plot the history, export."""
-    from deeplense_tf.plots import training_curves
-
     best = run_dir / (runs.BEST if (run_dir / runs.BEST).is_file() else runs.LAST)
     model = keras.models.load_model(best, compile=False)
     x_test, y_test = data.subset("test")
@@ -274,7 +338,7 @@ def with_class_weights(dataset: tf.data.Dataset, y_train: np.ndarray) -> tf.data
     return dataset.map(add_weight, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _fit_labels(task: str, y: np.ndarray) -> np.ndarray:
+def fit_labels(task: str, y: np.ndarray) -> np.ndarray:
     """Class indices stay (N,) for the sparse loss; scalar targets become (N, 1) like the one-unit heads."""
     if task == "anomaly":  # the autoencoder's target is its input
         return np.zeros(len(y), np.float32)

@@ -2,7 +2,7 @@
 
     python -m deeplense_tf.train --data sim-stream:model_ii --workers 2 --samples 3000
 
-Training images come from ``sim_stream.stream`` (``--workers`` simulator processes) and are
+Training images come from ``deeplense_tf.sim.stream.stream`` (``--workers`` simulator processes) and are
 never repeated: the stream's seed is the run's ``--seed`` + ``STREAM_SEED_OFFSET`` (2**32), and
 epoch ``e`` is stream positions ``e*P .. (e+1)*P - 1`` (``P`` = steps per epoch x batch), so
 ``--resume`` after epoch ``e`` starts at position ``e*P`` and sees the same images, in the same
@@ -28,11 +28,19 @@ import itertools
 import time
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
+from deeplense_tf.data.index import label_table
+from deeplense_tf.data.npy import to_hwc
+from deeplense_tf.data.pipeline import AUTOTUNE
 from deeplense_tf.errors import ConfigError, DataError
+from deeplense_tf.sim.stream import stream
+from deeplense_tf.tasks import get_task
 
 PREFIX = "sim-stream:"
 STREAM_SEED_OFFSET = 1 << 32  # run seeds stay below it (TensorFlow takes 32-bit seeds), stream seeds above
@@ -75,86 +83,8 @@ def is_stream(spec) -> bool:
     return any(str(s).strip().startswith(PREFIX) for s in specs)
 
 
-def stream_preset(spec) -> str:
-    """The preset of ``sim-stream:<preset>`` (checked); the stream must be the only ``--data``."""
-    from deeplense_tf.data.simulate import get_preset
-
-    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    if len(specs) != 1:
-        raise ConfigError(f"{PREFIX}<preset> trains from the stream alone; it cannot be joined with other --data. "
-                          f"Received: --data {' '.join(map(str, specs))}")
-    return get_preset(str(specs[0]).strip()[len(PREFIX):]).name
-
-
-def prepare_stream(config):
-    """The fixed val/test set as ``PreparedData`` (empty train split) plus the training ``StreamPlan``."""
-    from deeplense_tf.data.prepare import label_index, normal_class_splits
-    from deeplense_tf.data.sources import load_data
-    from deeplense_tf.tasks import get_task
-
-    d, t, task = config.data, config.train, config.model.task
-    preset = stream_preset(d.data)
-    if d.val_data is not None or d.test_data is not None:
-        raise ConfigError(f"{PREFIX}{preset} evaluates on its own fixed simulated set; --val-data / --test-data "
-                          "are not supported with it (train on sim:<preset> or files instead)")
-    if t.strategy == "multiworker":
-        raise ConfigError(f"{PREFIX}{preset} runs on one machine (all its GPUs with --strategy mirrored); "
-                          "--strategy multiworker is not supported with it")
-    if not 0 <= t.seed < STREAM_SEED_OFFSET:
-        raise ConfigError(f"--seed must be in [0, 2**32) with {PREFIX}. Received: seed={t.seed}")
-    index = load_data(f"sim:{preset}", samples=d.samples, seed=t.seed, workers=d.workers, validate=d.validate,
-                      skip_bad=d.skip_bad, label_column=d.label_column, classes=d.classes, stream=False)
-    data, strata = label_index(index, task, d.target)
-    data.source, data.skipped = d.data, list(index.skipped)
-    data.splits = evaluation_splits(strata, d.val_fraction, d.test_fraction, t.seed)
-    if get_task(task).trains_on_normal_class_only:
-        data.splits = normal_class_splits(data, d.normal_class)
-        classes = (d.normal_class,)
-    else:
-        simulated = data.table["file"].astype(str).str.split("/").str[0]  # <class>/<class>_<index>.npy
-        classes = tuple(sorted(set(simulated), key=_preset_order(preset)))
-    if task == "regression":
-        val_y = data.y[data.splits["val"]]
-        data.target_mean, data.target_std = float(np.mean(val_y)), float(np.std(val_y)) or 1.0
-    steps = max(1, -(-d.samples * len(classes) // t.batch_size))
-    data.stream = StreamPlan(d.data, preset, t.seed + STREAM_SEED_OFFSET, classes, task, d.target,
-                             tuple(data.class_names), d.label_column, data.input_shape, t.batch_size, steps,
-                             d.workers)
-    print(f"data: training stream {d.data}: classes {', '.join(classes)}, {steps} steps of {t.batch_size} per "
-          f"epoch, seed {data.stream.seed}; val/test: {index.describe()}", flush=True)
-    return data
-
-
-def _preset_order(preset: str):
-    from deeplense_tf.data.simulate import get_preset
-
-    known = get_preset(preset).classes
-    return lambda c: known.index(c) if c in known else len(known)
-
-
-def evaluation_splits(strata: np.ndarray, val_fraction: float, test_fraction: float,
-                      seed: int) -> dict[str, np.ndarray]:
-    """Val and test cut from the fixed set (per stratum, seeded, in the ratio val:test); train empty."""
-    rng = np.random.default_rng(seed)
-    share = test_fraction / (val_fraction + test_fraction)
-    val, test = [], []
-    for value in sorted(set(strata.tolist()), key=str):
-        idx = rng.permutation(np.flatnonzero(strata == value))
-        n_test = min(len(idx) - 1, max(1, round(len(idx) * share))) if len(idx) >= 2 else 0
-        test.append(idx[:n_test])
-        val.append(idx[n_test:])
-    splits = {"train": np.zeros(0, np.int64), "val": np.sort(np.concatenate(val)),
-              "test": np.sort(np.concatenate(test))}
-    if not len(splits["val"]) or not len(splits["test"]):
-        raise DataError(f"too few images ({len(strata)}) for a validation and a test set; raise --samples")
-    return splits
-
-
 def batch_labels(plan: StreamPlan, metas: list[dict]) -> np.ndarray:
     """The task's labels of streamed images, from their metadata, exactly as the stored path makes them."""
-    from deeplense_tf.data.sources import label_table
-    from deeplense_tf.tasks import get_task
-
     table = label_table(pd.DataFrame(metas), plan.label_column, plan.spec)
     if plan.task in ("classification", "anomaly"):  # indices into the fixed set's class names
         names = table["class"].astype(str).tolist()
@@ -182,9 +112,6 @@ class StreamSource:
 
     def __init__(self, plan: StreamPlan, batch_size: int, fit_labels, first_epoch: int = 0, keep_last: int = 0,
                  replicas: int = 1, block: int = 32):
-        import keras
-        import tensorflow as tf
-
         self.plan, self.batch_size, self.fit_labels = plan, int(batch_size), fit_labels
         self.batches_per_epoch = plan.steps_per_epoch * int(replicas)
         if self.batches_per_epoch * self.batch_size != plan.images_per_epoch:
@@ -204,24 +131,8 @@ class StreamSource:
     def _set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    @classmethod
-    def for_model(cls, model, config, data, initial_epoch: int, fit_labels) -> "StreamSource":
-        """The stream of ``data`` for ``fit`` under the model's strategy, from ``initial_epoch``'s position."""
-        import tensorflow as tf
-
-        from deeplense_tf.distributed import strategy_share
-
-        strategy, batch = model.distribute_strategy, config.train.batch_size
-        if strategy is not tf.distribute.get_strategy():  # per-replica batches; a step takes one per replica
-            batch = strategy_share(strategy, None, np.zeros(0), batch)[2]
-        return cls(data.stream, batch, fit_labels, first_epoch=initial_epoch, keep_last=config.train.bn_recalibration,
-                   replicas=strategy.num_replicas_in_sync)
-
     def batches(self, first_batch: int):
         """(images, labels) batches from batch ``first_batch`` of the stream on, until closed."""
-        from deeplense_tf.data.npy import to_hwc
-        from deeplense_tf.data.sim_stream import stream
-
         plan = self.plan
         items = stream(plan.preset, plan.seed, plan.workers, start=first_batch * self.batch_size,
                        block=self.block, classes=plan.classes)
@@ -255,23 +166,20 @@ class StreamSource:
             for old in [e for e in list(self._kept) if e < epoch - 1]:
                 self._kept.pop(old, None)
 
-    def dataset(self, augment: bool = False, seed: int = 0):
-        """Batches ``(float32 (B,H,W,C), labels)``, endless, prefetched: give ``fit`` ``steps_per_epoch``."""
-        import tensorflow as tf
+    def dataset(self, augment: Callable | None = None):
+        """Batches ``(float32 (B,H,W,C), labels)``, endless, prefetched: give ``fit`` ``steps_per_epoch``.
 
-        from deeplense_tf.data.pipeline import AUTOTUNE, augmenter
-
+        ``augment``: a ``(images, labels) -> (images, labels)`` map (``models.augment.augmenter``), or None.
+        """
         ds = tf.data.Dataset.from_generator(self._start, output_signature=self.signature)
-        if augment:
-            ds = ds.map(augmenter(seed), num_parallel_calls=AUTOTUNE)
+        if augment is not None:
+            ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
         options = tf.data.Options()
         options.threading.max_intra_op_parallelism = 1  # leave the cores' thread pool to the model's ops
         return ds.with_options(options).prefetch(AUTOTUNE)
 
     def recalibration_dataset(self):
         """The kept last batches of the epoch ``fit`` is in (read before its validation)."""
-        import tensorflow as tf
-
         def kept():
             batches = self._kept.get(self.epoch, {})
             yield from (batches[step] for step in sorted(batches))

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import auc as _auc  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from deeplense_tf import metrics as _m  # noqa: E402
+from deeplense_tf.evaluation import metrics as _m  # noqa: E402
 
 __all__ = [
     "regression_plots",

@@ -36,6 +36,8 @@ import tensorflow as tf
 
 from deeplense_tf.config import STRATEGIES
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.training.batchnorm import BatchNormRecalibrator, RecalibrateBatchNorm
+from deeplense_tf.training.callbacks import AtomicCheckpoint
 
 T = TypeVar("T")
 
@@ -216,9 +218,6 @@ def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.da
     with the same number of training batches. ``chief=False`` drops the callbacks that write files;
     they run outside the strategy's scope, so they start no collective op that the others would miss.
     """
-    from deeplense_tf.batchnorm import BatchNormRecalibrator, RecalibrateBatchNorm
-    from deeplense_tf.callbacks import AtomicCheckpoint
-
     strategy = strategy or model.distribute_strategy
     chief_only = (AtomicCheckpoint, keras.callbacks.CSVLogger, keras.callbacks.TensorBoard,
                   keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore)

@@ -1,0 +1,97 @@
+"""Every registered architecture, as the model it becomes (timm's test_model_forward/backward habit).
+
+    python -m pytest tests/test_archs.py -m "not slow"   # every architecture but HEAVY
+    python -m pytest tests/test_archs.py -m slow         # HEAVY too
+
+Each is built through ``create_model`` (preprocessing, augmentation, backbone, head) at
+``max(32, min_size)`` px with 1 channel, for a 3-class classification head and the regression
+head (autoencoders: their anomaly score), and run forward on 2 images (finite outputs of the
+right shape, a finite loss under the run's own loss). The classification model and the
+autoencoders are also trained one step with the run's optimiser (the first and last weights
+move); the regression model shares that backbone code, so its step would test nothing new for
+the same seconds. A newly registered architecture is tested here without any edit. The tests
+of this file are spread over the xdist workers one by one (conftest.py), not as one file.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from deeplense_tf.config import RunConfig, replace
+from deeplense_tf.models.build import create_model
+from deeplense_tf.models.registry import ARCHS, list_archs
+from deeplense_tf.training.trainer import compile_model, fit_labels
+from tests.helpers import tiny_batch
+
+# Building and stepping one of these (both heads) took over a minute on the 2-core CI machine
+# (tests/test_archs.py with --durations, 2026-11-30); all others take seconds. Tested with -m slow.
+HEAVY = {"convnext_base", "convnext_large", "convnext_xlarge", "efficientnet_b7", "efficientnet_v2_l",
+         "efficientnet_v2_m", "nasnet_large", "resnet152", "resnet152_v2", "resnet200", "resnext101",
+         "densenet264", "inception_resnet_v2"}
+SUPERVISED = [name for name in list_archs(task="classification")]
+AUTOENCODERS = list_archs(task="anomaly")
+
+
+def marked(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
+
+def side(name: str) -> int:
+    return max(32, ARCHS[name].min_size)
+
+
+def build_and_compile(name: str, task: str) -> keras.Model:
+    config = replace(RunConfig(), model={"arch": name, "task": task}, train={"lr": 1e-3})
+    model = create_model(config.model, (side(name), side(name), 1), n_classes=3, target_mean=-23.0,
+                         target_std=0.5, seed=0)
+    compile_model(model, config, steps=1)
+    model.run_eagerly = True  # one eager step costs seconds; tracing a deep net's training graph, a minute
+    return model
+
+
+def assert_one_step_trains(model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:
+    before = [np.array(w) for w in model.trainable_weights]
+    loss = model.train_on_batch(x, y)
+    assert np.all(np.isfinite(loss))
+    # Zero-initialised last BatchNorms leave some residual branches without gradient in the first
+    # step: the first weight and one of the last three must move.
+    moved = [not np.allclose(b, np.asarray(w)) for b, w in zip(before, model.trainable_weights)]
+    assert moved[0] and any(moved[-3:])
+
+
+@pytest.mark.parametrize("name", marked(SUPERVISED))
+def test_classification_model_forward_and_one_step(name):
+    keras.backend.clear_session()
+    model = build_and_compile(name, "classification")
+    x, labels = tiny_batch(side(name))
+    probabilities = np.asarray(model(x, training=False))
+    assert probabilities.shape == (2, 3) and np.all(np.isfinite(probabilities))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert_one_step_trains(model, x, fit_labels("classification", labels))
+
+
+@pytest.mark.parametrize("name", marked(SUPERVISED))
+def test_regression_model_forward_and_loss(name):
+    keras.backend.clear_session()
+    model = build_and_compile(name, "regression")
+    x, _ = tiny_batch(side(name))
+    prediction = np.asarray(model(x, training=False))
+    assert prediction.shape == (2, 1) and np.all(np.isfinite(prediction))
+    loss = model.test_on_batch(x, fit_labels("regression", np.array([-23.5, -22.5], np.float32)))
+    assert np.all(np.isfinite(loss))
+
+
+@pytest.mark.parametrize("name", marked(AUTOENCODERS))
+def test_autoencoder_forward_and_one_step(name):
+    keras.backend.clear_session()
+    model = build_and_compile(name, "anomaly")
+    x, labels = tiny_batch(side(name))
+    score = np.asarray(model(x, training=False))
+    assert score.shape == (2,) and np.all(np.isfinite(score)) and np.all(score >= 0)
+    assert_one_step_trains(model, x, fit_labels("anomaly", labels))
+
+
+def test_every_registered_name_is_tested_here():
+    assert set(SUPERVISED) | set(AUTOENCODERS) == set(list_archs())
+    assert HEAVY <= set(list_archs()), "a HEAVY name that is not registered"
+    assert len(HEAVY) <= 15, "HEAVY is for the few largest; a new entry is tested by default"
