@@ -18,6 +18,7 @@ the simulator's workers never re-run the calling script (``sim/workers.py``).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -180,7 +181,7 @@ def evaluate(run: Run | str | Path, data: str | Sequence[str] | None = None, *, 
         images, y, table, split = prepared.images[idx], prepared.y[idx], prepared.table.loc[idx], "test"
     else:
         (images, y, table), split = load_other_data(run.config, run.info, data, allow_pickle), "all"
-    name = "test" if data is None else Path(str(data).replace("sim:", "sim_")).name
+    name = "test" if data is None else re.sub(r"[^\w.-]+", "_", Path(str(data)).name)
     out_dir = Path(out) if out else run.path / f"eval-{name}{'-tta' if tta else ''}"
     outputs = predict(run.model, images, batch_size, tta)
     document = evaluate_predictions(run.config.model.task, y, outputs, run.info, table, out_dir,

@@ -31,7 +31,9 @@ def add_data_flags(data) -> None:
     d = DataConfig()
     data.add_argument("--data", nargs="+", metavar="PATH",
                       help="class folders, train/ + test/ folders, images.npy/.npz, HDF5, FITS Band<k>/ folders, "
-                      f"pack shards, or sim:<preset> (default {d.data}); several are joined into one set. "
+                      f"pack shards, or sim:<preset> (default {d.data}; options sim:model_ii:noise=published reproduces the "
+                      "released, noise-free data, :geometry=physical the angular-diameter Einstein radius); several "
+                      "are joined into one set. "
                       "sim-stream:<preset> trains on an endless stream of new simulated images from --workers "
                       "processes (val/test: a fixed simulated set of --samples per class, another seed)")
     data.add_argument("--val-data", nargs="+", metavar="PATH",

@@ -7,13 +7,19 @@ Layout (DESIGN.md): ``runs/<arch>-<task>-<YYYYmmdd-HHMMSS>/`` with ``config.json
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted run never leaves a half-written checkpoint, config or export behind.
+
+    python -m deeplense_tf.runs runs/ [--csv FILE]   # one line per run under a folder
+
+lists every run (task, architecture, data, epochs, the headline test metric, training time).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -152,3 +158,72 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+# The metric a task is judged by, and whether lower is better.
+HEADLINE = {"regression": ("mae", "min"), "classification": ("roc_auc_macro_ovr", "max"),
+            "lens_finding": ("auc", "max"), "anomaly": ("auc_vs_all", "max")}
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run folders under ``root`` (any depth; ``root`` itself if it is one), sorted by path."""
+    root = Path(root)
+    if (root / CONFIG).is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob(CONFIG) if (p.parent / "checkpoints").is_dir())
+
+
+def run_summary(run_dir: str | Path) -> dict[str, Any]:
+    """What one run was and what it reached, read from its files (no TensorFlow)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / CONFIG)
+    task = config["model"]["task"]
+    data = config["data"]["data"]
+    state = read_json(run_dir / STATE) if (run_dir / STATE).is_file() else {}
+    metric, _ = HEADLINE[task]
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else pd.DataFrame()
+    seconds = float(history["epoch_seconds"].sum()) if "epoch_seconds" in history else None
+    done = int(state.get("epochs_done", 0))
+    status = "finished" if metrics else ("interrupted" if done else "not started")
+    return {"run": str(run_dir), "task": task, "arch": config["model"]["arch"],
+            "data": data if isinstance(data, str) else ",".join(data), "samples": config["data"]["samples"],
+            "seed": config["train"]["seed"], "epochs": f"{done}/{config['train']['epochs']}", "status": status,
+            "metric": metric, "value": metrics.get("metrics", {}).get(metric),
+            "n_test": metrics.get("n"), "train_seconds": seconds}
+
+
+def run_table(root: str | Path):
+    """``run_summary`` of every run under ``root`` as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame([run_summary(r) for r in find_runs(root)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deeplense_tf.runs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", default="runs", type=Path, help="folder holding run folders (default runs)")
+    parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    args = parser.parse_args(argv)
+    if not args.root.exists():
+        print(f"error: {args.root}: no such folder", file=sys.stderr)
+        return 2
+    table = run_table(args.root)
+    if table.empty:
+        print(f"no runs under {args.root}")
+        return 0
+    shown = table.drop(columns=["samples"]).copy()
+    shown["value"] = shown["value"].map(lambda v: "" if v is None or v != v else f"{v:.4f}")
+    shown["train_seconds"] = shown["train_seconds"].map(lambda v: "" if v is None or v != v else f"{v:.0f}")
+    print(shown.to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

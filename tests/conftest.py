@@ -12,20 +12,6 @@ from tests.helpers import write_class_folders
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-# Files whose tests are spread over the xdist workers one by one; every other file runs whole on one
-# worker (so its module fixtures are built once). test_archs.py: ~100 independent builds, 7 minutes
-# on one worker, the suite's long pole when it ran as one unit.
-SPREAD = {"test_archs.py"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """``--dist loadgroup``: one xdist group per test file, except the files in ``SPREAD``."""
-    for item in items:
-        if item.path.name not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-
-
 @pytest.fixture(scope="session")
 def sim_cache(tmp_path_factory) -> Path:
     """One simulator cache for the whole session, so each tiny preset is generated once."""

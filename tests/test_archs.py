@@ -9,17 +9,20 @@ head (autoencoders: their anomaly score), and run forward on 2 images (finite ou
 right shape, a finite loss under the run's own loss). The classification model and the
 autoencoders are also trained one step with the run's optimiser (the first and last weights
 move); the regression model shares that backbone code, so its step would test nothing new for
-the same seconds. A newly registered architecture is tested here without any edit. The tests
-of this file are spread over the xdist workers one by one (conftest.py), not as one file.
+the same seconds. A newly registered architecture is tested here without any edit. The two
+models of one architecture share one backbone build (the tests run architecture by architecture).
 """
+
+import functools
 
 import keras
 import numpy as np
 import pytest
 
 from deeplense_tf.config import RunConfig, replace
+from deeplense_tf.models import build
 from deeplense_tf.models.build import create_model
-from deeplense_tf.models.registry import ARCHS, list_archs
+from deeplense_tf.models.registry import ARCHS, create_backbone, list_archs
 from deeplense_tf.training.trainer import compile_model, fit_labels
 from tests.helpers import tiny_batch
 
@@ -32,8 +35,29 @@ SUPERVISED = [name for name in list_archs(task="classification")]
 AUTOENCODERS = list_archs(task="anomaly")
 
 
+HEADS = ("classification", "regression")
+
+
 def marked(names):
     return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
+
+def cases():
+    """(architecture, head), architecture by architecture, so its two models share a backbone build."""
+    return [pytest.param(n, head, id=f"{n}-{head}", marks=[pytest.mark.slow] if n in HEAVY else [])
+            for n in SUPERVISED for head in HEADS]
+
+
+@functools.lru_cache(maxsize=1)
+def last_backbone(name: str, shape: tuple, weights):
+    return create_backbone(name, shape, weights)
+
+
+@pytest.fixture(autouse=True)
+def share_backbone_between_heads(monkeypatch):
+    """Building a backbone is half a test's time: the second head of an architecture reuses it."""
+    monkeypatch.setattr(build, "create_backbone",
+                        lambda name, shape, weights=None: last_backbone(name, tuple(shape), weights))
 
 
 def side(name: str) -> int:
@@ -59,26 +83,20 @@ def assert_one_step_trains(model: keras.Model, x: np.ndarray, y: np.ndarray) -> 
     assert moved[0] and any(moved[-3:])
 
 
-@pytest.mark.parametrize("name", marked(SUPERVISED))
-def test_classification_model_forward_and_one_step(name):
-    keras.backend.clear_session()
-    model = build_and_compile(name, "classification")
+@pytest.mark.parametrize("name, head", cases())
+def test_model_forward_and_one_step(name, head):
+    model = build_and_compile(name, head)
     x, labels = tiny_batch(side(name))
-    probabilities = np.asarray(model(x, training=False))
-    assert probabilities.shape == (2, 3) and np.all(np.isfinite(probabilities))
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
-    assert_one_step_trains(model, x, fit_labels("classification", labels))
-
-
-@pytest.mark.parametrize("name", marked(SUPERVISED))
-def test_regression_model_forward_and_loss(name):
-    keras.backend.clear_session()
-    model = build_and_compile(name, "regression")
-    x, _ = tiny_batch(side(name))
-    prediction = np.asarray(model(x, training=False))
-    assert prediction.shape == (2, 1) and np.all(np.isfinite(prediction))
-    loss = model.test_on_batch(x, fit_labels("regression", np.array([-23.5, -22.5], np.float32)))
-    assert np.all(np.isfinite(loss))
+    out = np.asarray(model(x, training=False))
+    assert np.all(np.isfinite(out))
+    if head == "classification":
+        assert out.shape == (2, 3)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-4)
+        assert_one_step_trains(model, x, fit_labels("classification", labels))
+    else:
+        assert out.shape == (2, 1)
+        loss = model.test_on_batch(x, fit_labels("regression", np.array([-23.5, -22.5], np.float32)))
+        assert np.all(np.isfinite(loss))
 
 
 @pytest.mark.parametrize("name", marked(AUTOENCODERS))

@@ -2,7 +2,7 @@
 
 | layout | detected by | reader |
 |---|---|---|
-| ``sim:<preset>`` | the prefix | built-in simulator, generated once and cached, then class folders |
+| ``sim:<preset>[:noise=N][:geometry=G]`` | the prefix | built-in simulator (``noise=published``: the released data's recipe), generated once and cached, then class folders |
 | ``sim-stream:<preset>`` | the prefix | not read here: ``prepare.prepare_stream`` and ``stream.py`` |
 | project shards | ``pack.json`` (written by ``python -m deeplense_tf.data.pack``) | ``shards.read_shards`` |
 | shard parts | sub-folders that each hold a ``pack.json`` (``simulate --format shards --shard K/N``) | joined |
@@ -35,7 +35,7 @@ from deeplense_tf.data.index import DUPLICATE, DataIndex, digest, raise_or_skip
 from deeplense_tf.data.npy import LazyImages
 from deeplense_tf.data.shards import MANIFEST, ConcatImages, pack_parts, read_shards
 from deeplense_tf.errors import DataError
-from deeplense_tf.sim.generate import cached_simulation
+from deeplense_tf.sim.generate import cached_simulation, parse_recipe
 
 VALIDATE = ("full", "quick")
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
@@ -82,7 +82,9 @@ def _load_one(spec: str, **options) -> DataIndex:
         raise DataError(f"--data {spec} is an endless training stream (python -m deeplense_tf.train), not a data "
                         f"set to read: a stream run is evaluated on its own test split, or use sim:{spec[11:]}")
     if spec.startswith("sim:"):
-        root = cached_simulation(spec[4:], options["samples"], options["seed"], workers=options["workers"])
+        recipe = parse_recipe(spec[4:])  # sim:<preset>[:noise=...][:geometry=...]
+        root = cached_simulation(recipe["preset"], options["samples"], options["seed"], workers=options["workers"],
+                                 noise=recipe["noise"], geometry=recipe["geometry"])
         return readers_npy.read_class_folders(Path(root), **{**options, "allow_pickle": False})
     path = Path(spec).expanduser()
     if not path.exists():

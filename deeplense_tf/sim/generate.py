@@ -246,6 +246,26 @@ def simulate(preset: str, n_per_class: int, seed: int, out: str | Path, workers:
     return out
 
 
+RECIPE_OPTIONS = {"noise": NOISE_MODES, "geometry": GEOMETRIES}
+
+
+def parse_recipe(text: str) -> dict:
+    """``model_ii`` or ``model_ii:noise=published:geometry=physical`` (what follows ``sim:`` in
+    ``--data``) -> ``{"preset", "noise", "geometry"}``, checked, so the released data's recipe
+    (``noise=published``) is one ``--data`` away from the default."""
+    preset, *options = str(text).strip().split(":")
+    recipe = {"preset": get_preset(preset).name, "noise": "on", "geometry": "deeplensesim"}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if not eq or key not in RECIPE_OPTIONS or value not in RECIPE_OPTIONS[key]:
+            choices = "; ".join(f"{k}={'|'.join(v)}" for k, v in RECIPE_OPTIONS.items())
+            raise ConfigError(f"--data sim:{text}: cannot read option {option!r}; options are {choices}, "
+                              "e.g. sim:model_ii:noise=published (the released data's recipe)")
+        recipe[key] = value
+    check_args(recipe["preset"], 1, 0, recipe["noise"], recipe["geometry"], None, None)
+    return recipe
+
+
 def cached_simulation(preset: str, n_per_class: int, seed: int, workers: int | None = None, progress=True,
                       noise: str = "on", geometry: str = "deeplensesim") -> Path:
     """A simulated set under ``cache_dir()/sim``, generated once (atomically) and then reused."""

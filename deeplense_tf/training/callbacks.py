@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -65,6 +66,18 @@ class StopOnNaN(keras.callbacks.Callback):
     def raise_if_failed(self):
         if self.failure:
             raise UserError(self.failure)
+
+
+class LogEpochTime(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` (wall time of the epoch: training, recalibration, validation) to the
+    logs, so history.csv says what a run cost (``python -m deeplense_tf.runs``, the study leaderboard)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self.started
 
 
 class LogLearningRate(keras.callbacks.Callback):

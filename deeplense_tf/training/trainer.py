@@ -32,7 +32,7 @@ from deeplense_tf.models.export import export_run
 from deeplense_tf.models.registry import check_arch_task, normalize_weights
 from deeplense_tf.tasks import Task, get_task
 from deeplense_tf.training.batchnorm import AverageBatchNormOverReplicas, RecalibrateBatchNorm
-from deeplense_tf.training.callbacks import AtomicCheckpoint, LogLearningRate, StopOnNaN
+from deeplense_tf.training.callbacks import AtomicCheckpoint, LogEpochTime, LogLearningRate, StopOnNaN
 from deeplense_tf.training.distributed import (distribute, fit_distributed, is_chief, make_strategy, on_chief,
                                                strategy_share, whole_step_batch, whole_steps)
 from deeplense_tf.training.finetune import finetune_callbacks, set_finetune_state
@@ -234,6 +234,7 @@ def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: 
     nan_guard = StopOnNaN()
     callbacks = [
         *((inputs.stream.callback,) if inputs.stream else ()),  # first: tells the stream which epoch begins
+        LogEpochTime(),  # early: the epoch's time includes every callback after it
         ReseedRandomLayers(t.seed),  # epoch e's augmentation and dropout from (seed, e), as on --resume
         nan_guard,
         *batch_norm_callbacks(model, config, inputs),  # before the checkpoint: it saves the recalibrated statistics

@@ -1,0 +1,123 @@
+"""The leaderboard of a study folder: ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.png``.
+
+Reads ``<study>/<run>/seed<k>/<run dir>`` (what ``python -m deeplense_tf.study`` writes) through
+``runs.run_summary``; each run name gets the mean and spread (sample standard deviation) of its
+headline test metric over the seeds that finished, its training time (the sum of history.csv's
+``epoch_seconds``) and training images/s, and beside it the published figures of the same task
+and data set (``references.py``), marked comparable only where our data follow the released
+sets' recipe (``sim:<preset>:noise=published``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from deeplense_tf import runs  # noqa: E402
+from deeplense_tf.evaluation.references import PRESET_DATASETS, references_for  # noqa: E402
+
+COLUMNS = ["run", "task", "arch", "data", "samples", "epochs", "seeds", "metric", "mean", "std", "train_seconds",
+           "images_per_second", "failed_or_unfinished"]
+
+
+def seed_rows(folder: Path) -> pd.DataFrame:
+    """One row per run directory under the study folder, named by its run."""
+    rows = []
+    for run_dir in runs.find_runs(folder):
+        row = runs.run_summary(run_dir)
+        row["name"] = run_dir.relative_to(folder).parts[0]
+        counts = runs.read_json(run_dir / runs.DATA_INFO).get("counts", {}) if (run_dir / runs.DATA_INFO).is_file() else {}
+        done = int(str(row["epochs"]).split("/")[0])
+        seconds = row["train_seconds"]
+        row["images_per_second"] = (counts.get("train", 0) * done / seconds) if seconds else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def dataset_of(data: str) -> tuple[str | None, bool]:
+    """The published data set a ``--data`` value stands for, and whether it follows their recipe."""
+    if not str(data).startswith("sim:"):
+        return None, False
+    preset, *options = str(data)[4:].split(":")
+    comparable = preset.startswith("lens_finding") or "noise=published" in options
+    return PRESET_DATASETS.get(preset), comparable
+
+
+def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
+    table = []
+    for name, group in rows.groupby("name", sort=False):
+        finished = group[group["status"] == "finished"]
+        values = finished["value"].astype(float)
+        first = group.iloc[0]
+        table.append({
+            "run": name, "task": first["task"], "arch": first["arch"], "data": first["data"],
+            "samples": first["samples"], "epochs": first["epochs"].split("/")[1], "seeds": len(finished),
+            "metric": first["metric"], "mean": values.mean() if len(values) else np.nan,
+            "std": values.std(ddof=1) if len(values) > 1 else np.nan,
+            "train_seconds": finished["train_seconds"].astype(float).mean() if len(finished) else np.nan,
+            "images_per_second": finished["images_per_second"].astype(float).mean() if len(finished) else np.nan,
+            "failed_or_unfinished": len(group) - len(finished),
+        })
+    return pd.DataFrame(table, columns=COLUMNS)
+
+
+def markdown(table: pd.DataFrame, title: str) -> str:
+    lines = [f"# {title}", "", "| run | task | arch | data | epochs | seeds | metric | mean | std | train s | img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.run} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | {r.metric} | "
+                     f"{_num(r.mean)} | {_num(r.std)} | {_num(r.train_seconds, 0)} | {_num(r.images_per_second, 0)} |")
+    seen = set()
+    for r in table.itertuples():
+        dataset, comparable = dataset_of(r.data)
+        refs = references_for(r.task, dataset)
+        if not refs or (r.task, dataset) in seen:
+            continue
+        seen.add((r.task, dataset))
+        note = "comparable: our data follow the released recipe" if comparable else \
+            "not comparable: our data are not the released recipe (use sim:<preset>:noise=published)"
+        lines += ["", f"Published, {r.task} on {dataset} ({note}):", "", "| model | recipe | metric | value | source |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {f.model} | {f.recipe} | {f.metric} | {f.value} | {f.source} |" for f in refs]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value, digits: int = 4) -> str:
+    return "" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def plot(rows: pd.DataFrame, path: Path) -> None:
+    """The headline metric of every finished seed against its training time, one colour per run."""
+    finished = rows[rows["status"] == "finished"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, group in finished.groupby("name", sort=False):
+        ax.scatter(group["train_seconds"].astype(float), group["value"].astype(float), label=f"{name} "
+                   f"({group['metric'].iloc[0]})", s=28)
+    ax.set_xlabel("training time [s]")
+    ax.set_ylabel("test metric (MAE: lower is better; AUC: higher)")
+    ax.grid(alpha=0.3)
+    if len(finished):
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def write_leaderboard(folder: str | Path, title: str | None = None) -> Path:
+    """Write the three files into the study folder; returns the markdown's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = seed_rows(folder)
+    table = leaderboard(rows) if len(rows) else pd.DataFrame(columns=COLUMNS)
+    table.to_csv(folder / "leaderboard.csv", index=False)
+    path = folder / "leaderboard.md"
+    runs.atomic_write_text(path, markdown(table, title or f"Study {folder.name}"))
+    if len(rows):
+        plot(rows, folder / "leaderboard.png")
+    return path

@@ -1,0 +1,81 @@
+"""The study runner on a tiny study: runs, leaderboard, skip of finished runs, resume, restart."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from deeplense_tf import runs, study
+from deeplense_tf.errors import ConfigError
+from deeplense_tf.sim.generate import parse_recipe
+
+TINY = {
+    "description": "tiny",
+    "defaults": {"data": "sim:model_ii", "samples": 12, "epochs": 1, "batch_size": 4, "workers": 2,
+                 "arch": "mobilenet_v3_small"},
+    "seeds": [0, 1],
+    "runs": [{"name": "reg", "task": "regression"},
+             {"name": "cls", "task": "classification", "seeds": []}],  # checked by name, never run here
+}
+
+
+def write_study(path, raw=TINY):
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_builtin_studies_load(capsys):
+    assert {"cpu", "literature", "zoo"} <= set(study.builtin_studies())
+    for name in study.builtin_studies():
+        assert study.load_study(name).runs
+    assert study.main(["--list"]) == 0
+    assert "literature" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"defaults": {"epoch": 3}}, "epoch (closest: epochs)"),
+    ({"runs": [{"name": "a"}, {"name": "a"}]}, "unique name"),
+    ({"colour": 1}, "unknown key"),
+])
+def test_study_files_are_checked_by_name(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        study.load_study(write_study(tmp_path / "s.json", {**TINY, **change}))
+
+
+def test_sim_recipe_options():
+    assert parse_recipe("model_ii:noise=published") == {"preset": "model_ii", "noise": "published",
+                                                        "geometry": "deeplensesim"}
+    with pytest.raises(ConfigError, match="noise=on|off|published"):
+        parse_recipe("model_ii:noise=loud")
+
+
+def test_tiny_study_runs_then_skips_resumes_and_restarts(tmp_path, sim_cache, capsys):
+    path = write_study(tmp_path / "tiny.json")
+    out = tmp_path / "studies"
+    assert study.main([str(path), "--out", str(out)]) == 0
+    folder = out / "tiny"
+    board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
+    assert board.loc["reg", "seeds"] == 2 and board.loc["reg", "std"] >= 0 and "cls" not in board.index
+    assert board.loc["reg", "metric"] == "mae" and board.loc["reg", "train_seconds"] > 0
+    assert "Published, regression on model_ii (not comparable" in (folder / "leaderboard.md").read_text()
+    assert (folder / "leaderboard.png").is_file()
+
+    (reg1,) = runs.find_runs(folder / "reg" / "seed1")
+    (reg1 / "metrics.json").unlink()  # a run stopped after its last epoch, before the evaluation
+    stale = folder / "reg" / "seed0" / "mobilenet_v3_small-regression-stale"
+    (stale / "checkpoints").mkdir(parents=True)
+    shutil.copy(reg1 / "config.json", stale / "config.json")  # killed before its first checkpoint
+    capsys.readouterr()
+    assert study.main([str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "reg seed 0: done" in printed and "reg seed 1: resumed" in printed
+    assert (reg1 / "metrics.json").is_file() and not stale.exists()
+    assert len(runs.find_runs(folder)) == 2
+
+    table = runs.run_table(folder)
+    assert set(table["status"]) == {"finished"} and (table["train_seconds"] > 0).all()
+
+    write_study(path, {**TINY, "defaults": {**TINY["defaults"], "epochs": 2}})
+    assert study.main([str(path), "--out", str(out), "--only", "reg"]) == 0
+    assert "was started with other settings" in capsys.readouterr().err
