@@ -126,8 +126,9 @@ def add_optimisation_flags(opt) -> None:
                      "validation and test keep the real mix")
 
 
-def add_run_flags(run) -> None:
-    """--cache ... --config: ``TrainConfig``'s run fields, ``--resume`` and ``--config``."""
+def add_run_flags(run, resume: bool = True, out_help: str | None = None) -> None:
+    """--cache ... --config: ``TrainConfig``'s run fields, ``--resume`` (unless ``resume`` is False:
+    a search continues by running its command again) and ``--config``."""
     t = TrainConfig()
     run.add_argument("--cache", metavar="memory|PATH",
                      help="per-file .npy data: keep decoded images after epoch 1 in memory or in a cache file")
@@ -142,20 +143,22 @@ def add_run_flags(run) -> None:
                      "the global batch, split over GPUs and workers")
     run.add_argument("--jit-compile", action="store_true", default=None,
                      help="XLA compilation: off by default, it made CPU training 5-7x slower; try it on GPUs")
-    run.add_argument("--out", help=f"parent folder of run directories (default {t.out}/)")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                     help="continue an interrupted run from its last checkpoint with its saved config")
+    run.add_argument("--out", help=out_help or f"parent folder of run directories (default {t.out}/)")
+    if resume:
+        run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                         help="continue an interrupted run from its last checkpoint with its saved config")
     run.add_argument("--config", type=Path, help="a config.json whose values become the defaults")
 
 
-def train_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+def train_parser(prog: str, description: str | None, resume: bool = True,
+                 out_help: str | None = None) -> argparse.ArgumentParser:
     """A parser with every train flag in its four groups (Data, Model, Optimisation, Run)."""
     p = argparse.ArgumentParser(prog=prog, description=description, argument_default=None,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flags(p.add_argument_group("Data"))
     add_model_flags(p.add_argument_group("Model"))
     add_optimisation_flags(p.add_argument_group("Optimisation"))
-    add_run_flags(p.add_argument_group("Run"))
+    add_run_flags(p.add_argument_group("Run"), resume=resume, out_help=out_help)
     return p
 
 

@@ -107,7 +107,7 @@ def plot(result: RangeTest, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = train_parser("python -m deeplense_tf.lr_find", __doc__)
+    p = train_parser("python -m deeplense_tf.lr_find", __doc__, resume=False)
     test = p.add_argument_group("Range test")
     test.add_argument("--min-lr", type=float, default=1e-7, help="first rate (default 1e-7)")
     test.add_argument("--max-lr", type=float, default=1.0, help="last rate (default 1)")
@@ -177,9 +177,6 @@ def _without_range_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    if args.resume:
-        print("error: lr_find takes the flags of a new run (no --resume)", file=sys.stderr)
-        return 2
     prepare_environment()
     return run_cli(lambda: run(args, argv))
 

@@ -275,3 +275,25 @@ def test_anomaly_search_tries_the_autoencoders(sim_cache, eager, tmp_path):
     with pytest.raises(ConfigError, match="Architectures for anomaly: conv_autoencoder, vae"):
         common.run_search(common.build_parser("random", "", 1).parse_args(
             _argv(space, tmp_path / "bad", "--task", "anomaly", "--archs", "resnet18")), "random", None)
+
+
+def test_tuners_take_every_train_flag(tmp_path):
+    """One set of flags: a searched one given is fixed for the search, any other reaches every trial."""
+    RunConfig().save(tmp_path / "base.json")
+    argv = ["--task", "lens_finding", "--balance", "--schedule", "onecycle", "--sam", "0.05",
+            "--config", str(tmp_path / "base.json"), "--lr", "0.003", "--batch-size", "16", "--fc-units", "8", "4",
+            "--arch", "resnet18", "--epochs", "2", "--out", str(tmp_path / "search")]
+    for module in (bayes, hyperband, random_search):
+        parser = common.build_parser(module.__name__.split(".")[-1], "")
+        args = parser.parse_args(argv)
+        base = common.base_config(args)
+        assert (base.model.task, base.train.balance, base.train.schedule, base.train.sam_rho, base.train.epochs) == \
+            ("lens_finding", True, "onecycle", 0.05, 2)
+        space = common.search_space(args, base.model.task)
+        assert space["lr"] == {"fixed": 0.003} and space["batch_size"] == {"fixed": 16}
+        assert (space["fc_units_1"], space["arch"]) == ({"fixed": 8}, {"values": ["resnet18"]})
+        assert common.search_folder(args) == tmp_path / "search"
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--resume", "runs/x"])
+    with pytest.raises(ConfigError, match="not both"):
+        common.search_space(common.build_parser("bayes", "").parse_args(["--arch", "vit", "--archs", "vit"]), "regression")

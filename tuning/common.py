@@ -14,7 +14,6 @@ every machine, and ``--out`` on a shared file system.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
@@ -24,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deeplense_tf import runs
-from deeplense_tf.cli import add_data_flags, prepare_environment, run_cli
-from deeplense_tf.config import DEVICES, DataConfig, RunConfig, TrainConfig, replace
+from deeplense_tf.cli import config_from_args, prepare_environment, run_cli, train_parser
+from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.errors import ConfigError, UserError
 from tuning.report import SETTINGS, TRIAL_INFO, TRIALS_DIR, last_line, summary_lines, write_report
 from tuning.space import DEFAULT_ARCHS, candidate_values, load_space
@@ -41,19 +40,14 @@ OBJECTIVES = {
 ANOMALY_ARCHS = ("conv_autoencoder", "vae")
 # Flags that may change when a search is continued; any other change is refused.
 MAY_CHANGE = {"max_trials", "overwrite", "out", "workers", "device", "space", "archs"}
-# Every data field: the flags come from deeplense_tf.cli.add_data_flags.
-DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataConfig))
+# Train flags whose values a search varies: given on the command line, they are fixed for the search.
+SEARCHED_FLAGS = ("arch", "optimizer", "lr", "weight_decay", "dropout", "batch_size", "augment", "shift", "noise")
 
 
 def build_parser(name: str, description: str, max_trials: int | None = 10) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m tuning.{name}", description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    t = TrainConfig()
-    data = p.add_argument_group("Data (as in deeplense_tf.train)")
-    data.add_argument("--task", choices=tuple(OBJECTIVES), default="regression",
-                      help="what to learn (default regression; anomaly searches the autoencoders, "
-                      f"{' and '.join(ANOMALY_ARCHS)}, by validation reconstruction loss)")
-    add_data_flags(data)
+    """Every train flag (cli.py; one a search varies, given, is fixed for the search) plus the search's own."""
+    p = train_parser(f"python -m tuning.{name}", description, resume=False,
+                     out_help=f"search folder; the same --out continues a search (default runs/tune-{name})")
     search = p.add_argument_group("Search")
     search.add_argument("--archs", nargs="+", metavar="ARCH",
                         help=f"architectures to choose from (default {' '.join(DEFAULT_ARCHS)})")
@@ -64,16 +58,10 @@ def build_parser(name: str, description: str, max_trials: int | None = 10) -> ar
     search.add_argument("--max-trials", type=int, default=max_trials,
                         help="trials in the whole search, failed ones included "
                         f"(default {max_trials or 'none: the tuner decides'})")
-    search.add_argument("--epochs", type=int, default=t.epochs, help=f"training epochs per trial (default {t.epochs})")
     search.add_argument("--executions-per-trial", type=int, default=1,
                         help="train each configuration this many times and average the objective (default 1)")
-    run = p.add_argument_group("Run")
-    run.add_argument("--seed", type=int, default=t.seed,
-                     help=f"seeds the split, every trial's initialisation and the tuner (default {t.seed})")
-    run.add_argument("--device", choices=DEVICES, help="cpu, gpu, auto (default)")
-    run.add_argument("--out", type=Path, default=Path(f"runs/tune-{name}"),
-                     help=f"search folder; the same --out continues a search (default runs/tune-{name})")
-    run.add_argument("--overwrite", action="store_true", help="delete the search in --out and start afresh")
+    search.add_argument("--overwrite", action="store_true", help="delete the search in --out and start afresh")
+    p.set_defaults(search_name=name)
     return p
 
 
@@ -90,9 +78,8 @@ def main(argv: list[str] | None, *, name: str, description: str, make_tuner: Cal
 
 def run_search(args: argparse.Namespace, name: str, make_tuner: Callable[..., Any]):
     """Check everything cheap first, then load TensorFlow, the data and the tuner, and search."""
-    archs = args.archs or (list(ANOMALY_ARCHS) if args.task == "anomaly" else None)
-    space = load_space(args.space, archs)
     base = base_config(args)
+    space = search_space(args, base.model.task)
     objective, direction = objective_for(base.model.task, args.objective)
     import keras_tuner
 
@@ -105,7 +92,7 @@ def run_search(args: argparse.Namespace, name: str, make_tuner: Callable[..., An
         # A typo fails now, not as failed trials (and before --overwrite deletes anything).
         check_arch_task(arch, base.model.task)
     role = _role()
-    out = Path(args.out)
+    out = search_folder(args)
     if role != "worker":
         _prepare_out(out, _settings(args, name, space, objective, direction, base), args.overwrite)
     strategy = set_up(base.train)
@@ -135,15 +122,30 @@ def run_search(args: argparse.Namespace, name: str, make_tuner: Callable[..., An
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
-    """The part every trial shares: data, task, epochs, seed, device."""
-    data = {f: getattr(args, f) for f in DATA_FLAGS if getattr(args, f, None) is not None}
-    train = {"epochs": args.epochs, "seed": args.seed}
-    if args.device:
-        train["device"] = args.device
+    """What every trial shares: defaults <- --config <- every train flag given (the searched ones are
+    fixed through ``search_space``; the trials' folders are KerasTuner's, under --out)."""
     if args.executions_per_trial < 1 or (args.max_trials is not None and args.max_trials < 1):
         raise ConfigError(f"--max-trials and --executions-per-trial must be >= 1. "
                           f"Received: {args.max_trials}, {args.executions_per_trial}")
-    return replace(RunConfig(), data=data, model={"task": args.task}, train=train)
+    config = config_from_args(args)
+    if config.model.task not in OBJECTIVES:
+        raise ConfigError(f"tuning searches {', '.join(OBJECTIVES)}; --task {config.model.task} is not supported")
+    return replace(config, train={"out": str(search_folder(args))})
+
+
+def search_space(args: argparse.Namespace, task: str) -> dict[str, dict[str, Any]]:
+    """The space file (or the defaults), --archs, then every searched flag given on the command line."""
+    if args.arch is not None and args.archs:
+        raise ConfigError("give --arch (one architecture, fixed) or --archs (a choice to search), not both")
+    archs = args.archs or ([args.arch] if args.arch else None) or (list(ANOMALY_ARCHS) if task == "anomaly" else None)
+    fixed = {name: getattr(args, name) for name in SEARCHED_FLAGS if name != "arch" and getattr(args, name) is not None}
+    if args.fc_units is not None:
+        fixed["fc_units_1"], fixed["fc_units_2"] = (int(v) for v in args.fc_units)
+    return load_space(args.space, archs, fixed)
+
+
+def search_folder(args: argparse.Namespace) -> Path:
+    return Path(args.out or f"runs/tune-{args.search_name}")
 
 
 def objective_for(task: str, name: str | None) -> tuple[str, str]:

@@ -30,7 +30,7 @@ def make_tuner(args: argparse.Namespace, **kwargs):
 
     from deeplense_tf.errors import ConfigError
 
-    max_epochs = args.max_epochs or args.epochs
+    max_epochs = args.max_epochs or common.base_config(args).train.epochs  # --epochs, else --config, else default
     if max_epochs < 1 or args.factor < 2:
         raise ConfigError(f"--max-epochs must be >= 1 and --factor >= 2. Received: {max_epochs}, {args.factor}")
     iterations = args.hyperband_iterations or (None if args.max_trials else 1)  # None: until --max-trials

@@ -70,8 +70,10 @@ _CHECKS = {
 }
 
 
-def load_space(path: str | Path | None = None, archs: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Defaults <- the space file <- ``--archs``; every entry normalised and checked."""
+def load_space(path: str | Path | None = None, archs: list[str] | None = None,
+               fixed: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Defaults <- the space file <- ``--archs`` <- ``fixed`` values (train flags given to a tuner);
+    every entry normalised and checked."""
     space = copy.deepcopy(DEFAULT_SPACE)
     if path is not None:
         overrides = _read(Path(path))
@@ -82,6 +84,8 @@ def load_space(path: str | Path | None = None, archs: list[str] | None = None) -
             space[name] = _merge(name, space[name], entry, where=str(path))
     if archs:
         space["arch"] = {"values": list(dict.fromkeys(archs))}
+    for name, value in (fixed or {}).items():
+        space[name] = {"fixed": value}
     for name, spec in space.items():
         _check(name, spec, where=str(path) if path else "the search space")
     return space
