@@ -69,6 +69,8 @@ def check_room(out: str | Path, n_params: int) -> None:
     probe = out
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"the output folder {out} cannot be made: {probe} is a file; choose another with --out")
     if not os.access(probe, os.W_OK):
         raise UserError(f"the output folder {out} is not writable (checked {probe}); choose another with --out")
     free, need = shutil.disk_usage(probe).free, run_bytes_needed(n_params)

@@ -103,3 +103,23 @@ def test_resume_continues_from_last_epoch(regression_run, capsys):
     assert history["epoch"].tolist() == [0, 1]
     assert json.loads((regression_run / "checkpoints/state.json").read_text())["epochs_done"] == 2
     assert "resuming" in capsys.readouterr().out
+
+
+def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_over(sim_cache, tmp_path, capsys):
+    """What a requeued job finds after a kill in epoch 1: config, data.json, split.csv, no checkpoint."""
+    run = _train(tmp_path / "killed", "--task", "classification")
+    split = (run / "split.csv").read_text()
+    for name in ("checkpoints/last.keras", "checkpoints/best.keras", "checkpoints/state.json", "metrics.json",
+                 "model.keras"):
+        (run / name).unlink()
+    assert train.main(["--resume", str(run)]) == 0
+    assert "starting it over from its saved config" in capsys.readouterr().out
+    assert (run / "metrics.json").is_file() and (run / "checkpoints/last.keras").is_file()
+    assert (run / "split.csv").read_text() == split and pd.read_csv(run / "history.csv")["epoch"].tolist() == [0]
+
+
+def test_out_under_a_file_fails_before_any_data_are_read(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert train.main([*COMMON, "--data", str(tmp_path / "no_data_here"), "--out", str(tmp_path / "file" / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "no such file or folder" not in err

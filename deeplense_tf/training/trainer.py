@@ -7,6 +7,7 @@ metrics and plots from the best checkpoint -> SavedModel + ``.keras``.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -57,24 +58,53 @@ METRICS = {
 def train_run(config: RunConfig) -> Path:
     check_arch_task(config.model.arch, config.model.task)  # a typo fails now, not after minutes of data loading
     normalize_weights(config.model.weights)
+    runs.check_room(config.train.out, 0)  # an unwritable --out fails before the data are read or simulated
     strategy = set_up(config.train)
     data = prepare_data(config)
-    with strategy.scope():  # before the run folder exists: a bad arch or weights writes nothing
-        model = create_model(config.model, data.input_shape, n_classes=len(data.class_names),
-                             target_mean=data.target_mean, target_std=data.target_std,
-                             image_size=config.data.image_size, seed=config.train.seed)
-        set_finetune_state(model, config.model, epoch=0)  # --freeze-backbone: before compile
-        compile_model(model, config, steps_per_epoch(config, data))
+    model = new_model(config, data, strategy)  # before the run folder exists: a bad arch or weights writes nothing
     check_batch_size(config.train.batch_size, data.n_train)
     runs.check_room(config.train.out, model.count_params())
     run_dir = runs.new_run_dir(config.train.out, config.model.arch, config.model.task)
     print(f"run directory: {run_dir}")
     config.save(run_dir / runs.CONFIG)
+    write_data_files(run_dir, config, data)
+    return fit_and_finish(model, config, data, run_dir, initial_epoch=0)
+
+
+def new_model(config: RunConfig, data: PreparedData, strategy: tf.distribute.Strategy) -> keras.Model:
+    """The run's model, built and compiled in the strategy's scope."""
+    with strategy.scope():
+        model = create_model(config.model, data.input_shape, n_classes=len(data.class_names),
+                             target_mean=data.target_mean, target_std=data.target_std,
+                             image_size=config.data.image_size, seed=config.train.seed)
+        set_finetune_state(model, config.model, epoch=0)  # --freeze-backbone: before compile
+        compile_model(model, config, steps_per_epoch(config, data))
+    return model
+
+
+def write_data_files(run_dir: Path, config: RunConfig, data: PreparedData) -> None:
+    """data.json, split.csv and (--skip-bad) skipped_files.csv: what a resumed run or evaluate checks."""
     runs.write_json(run_dir / runs.DATA_INFO, data.info(config))
     split_table(data).to_csv(run_dir / "split.csv", index=False)
     if data.skipped:  # --skip-bad: what was left out, and why
         pd.DataFrame(data.skipped, columns=["file", "problem"]).to_csv(run_dir / "skipped_files.csv", index=False)
-    return fit_and_finish(model, config, data, run_dir, initial_epoch=0)
+
+
+def restart_run(run_dir: Path, config: RunConfig) -> Path:
+    """A run stopped before its first checkpoint (a requeued job): start it over in its own folder,
+    from its saved config, on the same split."""
+    print(f"{run_dir} has no complete checkpoint (stopped during its first epoch): starting it over "
+          "from its saved config")
+    for partial in ("history.csv", "logs"):
+        path = run_dir / partial
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    strategy = set_up(config.train)
+    data = prepare_data(config)
+    if (run_dir / "split.csv").is_file():
+        check_split(data, run_dir / "split.csv")
+    else:
+        write_data_files(run_dir, config, data)
+    return fit_and_finish(new_model(config, data, strategy), config, data, run_dir, initial_epoch=0)
 
 
 def check_batch_size(batch_size: int, n_train: int) -> None:
@@ -89,11 +119,11 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
     if epochs is not None:
         config = replace(config, train={"epochs": epochs})
         config.save(run_dir / runs.CONFIG)
-    if not (run_dir / runs.LAST).is_file() or not (run_dir / runs.STATE).is_file():
-        raise UserError(f"{run_dir} has no complete checkpoint to resume from ({runs.LAST}); start a new run")
-    done = runs.read_json(run_dir / runs.STATE)["epochs_done"]
     for path in runs.remove_stale_temporaries(run_dir):
         print(f"removed {path.relative_to(run_dir)}, left by an interrupted write")
+    if not (run_dir / runs.LAST).is_file() or not (run_dir / runs.STATE).is_file():
+        return restart_run(run_dir, config)
+    done = runs.read_json(run_dir / runs.STATE)["epochs_done"]
     strategy = set_up(config.train)
     data = prepare_data(config)
     check_split(data, run_dir / "split.csv")
