@@ -31,7 +31,7 @@ from deeplense_tf import runs
 from deeplense_tf.cli import DEFAULT_ANOMALY_ARCH, FLAG_FIELDS, prepare_environment
 from deeplense_tf.config import ModelConfig, RunConfig, replace
 from deeplense_tf.data.index import DataIndex
-from deeplense_tf.data.prepare import check_split, load_other_data, prepare_data
+from deeplense_tf.data.prepare import evaluation_set
 from deeplense_tf.data.sources import load_data as _load_data
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.evaluation.report import evaluate_predictions, predict, summary_line
@@ -174,13 +174,7 @@ def evaluate(run: Run | str | Path, data: str | Sequence[str] | None = None, *, 
     into ``out`` (default ``RUN/eval-<data>``) and returns the metrics document (``document["out"]``
     names the folder)."""
     run = run if isinstance(run, Run) else load_run(run)
-    if data is None:  # the run's own test split, rebuilt and checked against split.csv
-        prepared = prepare_data(run.config)
-        check_split(prepared, run.path / "split.csv")
-        idx = prepared.splits["test"]
-        images, y, table, split = prepared.images[idx], prepared.y[idx], prepared.table.loc[idx], "test"
-    else:
-        (images, y, table), split = load_other_data(run.config, run.info, data, allow_pickle), "all"
+    images, y, table, split = evaluation_set(run.config, run.info, run.path, data, allow_pickle)
     name = "test" if data is None else re.sub(r"[^\w.-]+", "_", Path(str(data)).name)
     out_dir = Path(out) if out else run.path / f"eval-{name}{'-tta' if tta else ''}"
     outputs = predict(run.model, images, batch_size, tta)
@@ -197,4 +191,4 @@ def _config_section(cls: type, values: dict, section: str):
     unknown = sorted(set(values) - set(FLAG_FIELDS[section]))
     if unknown:
         raise ConfigError(f"unknown {section} setting(s) {unknown}; expected fields of {cls.__name__}")
-    return replace(RunConfig(), **{section: values}).__getattribute__(section)
+    return getattr(replace(RunConfig(), **{section: values}), section)

@@ -88,14 +88,9 @@ def test_rows(member: Member) -> pd.DataFrame:
 
 def load_test_data(member: Member, data: str | None, allow_pickle: bool):
     """(images, labels, table, split name): the run's own test split, or every labelled image of ``data``."""
-    from deeplense_tf.data.prepare import check_split, load_other_data, prepare_data
+    from deeplense_tf.data.prepare import evaluation_set  # TensorFlow loads after parsing: --help stays fast
 
-    if data is not None:
-        return (*load_other_data(member.config, member.info, data, allow_pickle), "all")
-    prepared = prepare_data(member.config)
-    check_split(prepared, member.run_dir / "split.csv")
-    idx = prepared.splits["test"]
-    return prepared.images[idx], prepared.y[idx], prepared.table.loc[idx], "test"
+    return evaluation_set(member.config, member.info, member.run_dir, data, allow_pickle)
 
 
 def build_ensemble(models: list, name: str = "ensemble"):
