@@ -37,7 +37,7 @@ HEAVY = {"convnext_xlarge", "convnext_large", "efficientnet_v2_l", "convnext_bas
 # weights moved), and V2-L's inference was NaN after one step. Issue 17 studies EfficientNets at small inputs.
 UNSTABLE = "EfficientNetV2-M/L at 32 px: the stem may get no gradient in the first step, or inference turn NaN"
 KNOWN_FAILURES = {(name, head): UNSTABLE for name in ("efficientnet_v2_m", "efficientnet_v2_l") for head in HEADS}
-SUPERVISED = [name for name in list_archs(task="classification")]
+SUPERVISED = list_archs(task="classification")
 AUTOENCODERS = list_archs(task="anomaly")
 
 

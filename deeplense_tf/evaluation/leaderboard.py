@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from deeplense_tf import runs  # noqa: E402
-from deeplense_tf.evaluation.references import PRESET_DATASETS, references_for  # noqa: E402
+from deeplense_tf import runs
+from deeplense_tf.evaluation.plots import metric_against_time
+from deeplense_tf.evaluation.references import PRESET_DATASETS, references_for
 
 COLUMNS = ["run", "task", "arch", "data", "samples", "epochs", "seeds", "metric", "mean", "std", "train_seconds",
            "images_per_second", "failed_or_unfinished"]
@@ -92,23 +89,6 @@ def _num(value, digits: int = 4) -> str:
     return "" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def plot(rows: pd.DataFrame, path: Path) -> None:
-    """The headline metric of every finished seed against its training time, one colour per run."""
-    finished = rows[rows["status"] == "finished"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, group in finished.groupby("name", sort=False):
-        ax.scatter(group["train_seconds"].astype(float), group["value"].astype(float), label=f"{name} "
-                   f"({group['metric'].iloc[0]})", s=28)
-    ax.set_xlabel("training time [s]")
-    ax.set_ylabel("test metric (MAE: lower is better; AUC: higher)")
-    ax.grid(alpha=0.3)
-    if len(finished):
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 def write_leaderboard(folder: str | Path, title: str | None = None) -> Path:
     """Write the three files into the study folder; returns the markdown's path."""
     folder = Path(folder)
@@ -119,5 +99,5 @@ def write_leaderboard(folder: str | Path, title: str | None = None) -> Path:
     path = folder / "leaderboard.md"
     runs.atomic_write_text(path, markdown(table, title or f"Study {folder.name}"))
     if len(rows):
-        plot(rows, folder / "leaderboard.png")
+        metric_against_time(rows, folder / "leaderboard.png")
     return path

@@ -31,6 +31,7 @@ __all__ = [
     "anomaly_reconstructions",
     "candidate_mosaic",
     "training_curves",
+    "metric_against_time",
     "plots_for_task",
     "TASK_PLOTS",
 ]
@@ -589,3 +590,20 @@ def plots_for_task(task: str, y_true, y_pred, out_dir, class_names=None, **kwarg
     except KeyError:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASK_PLOTS)}") from None
     return fn(y_true, y_pred, out_dir, class_names=class_names, **kwargs)
+
+
+def metric_against_time(rows, path: Path) -> None:
+    """The headline metric of every finished seed against its training time, one colour per run."""
+    finished = rows[rows["status"] == "finished"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, group in finished.groupby("name", sort=False):
+        ax.scatter(group["train_seconds"].astype(float), group["value"].astype(float), label=f"{name} "
+                   f"({group['metric'].iloc[0]})", s=28)
+    ax.set_xlabel("training time [s]")
+    ax.set_ylabel("test metric (MAE: lower is better; AUC: higher)")
+    ax.grid(alpha=0.3)
+    if len(finished):
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
