@@ -13,8 +13,7 @@ after the environment it needs is set (``cli.prepare_environment``).
 import sys
 
 from deeplense_tf.cli import prepare_environment
-
-__version__ = "0.1.0"
+from deeplense_tf.version import __version__
 
 API = ("Run", "RunConfig", "create_model", "evaluate", "list_archs", "load_data", "load_model", "load_run",
        "simulate", "train")

@@ -39,6 +39,7 @@ from deeplense_tf.models.build import create_model as _create_model
 from deeplense_tf.models.export import load_run_model
 from deeplense_tf.models.registry import list_archs
 from deeplense_tf.sim.generate import cached_simulation, simulate as _simulate
+from deeplense_tf.training.calibrate import calibrate_run, read_calibration
 from deeplense_tf.training.trainer import resume_run, train_run
 
 __all__ = ["Run", "RunConfig", "create_model", "evaluate", "list_archs", "load_data", "load_model", "load_run", "simulate",
@@ -168,19 +169,24 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
 
 def evaluate(run: Run | str | Path, data: str | Sequence[str] | None = None, *, tta: bool = False,
              out: str | Path | None = None, batch_size: int = 64, allow_pickle: bool = False,
-             verbose: bool = True) -> dict:
+             verbose: bool = True, plot_format: str | None = None) -> dict:
     """Metrics of a run on its own test split or on every labelled image of ``data``, as
     ``python -m deeplense_tf.evaluate``: writes ``metrics.json``, ``predictions.csv`` and the plots
-    into ``out`` (default ``RUN/eval-<data>``) and returns the metrics document (``document["out"]``
-    names the folder)."""
+    into ``out`` (default ``RUN/eval-<data>``; plots as ``plot_format``, default the run's own) and
+    returns the metrics document (``document["out"]`` names the folder)."""
     run = run if isinstance(run, Run) else load_run(run)
     images, y, table, split = evaluation_set(run.config, run.info, run.path, data, allow_pickle)
     name = "test" if data is None else re.sub(r"[^\w.-]+", "_", Path(str(data)).name)
     out_dir = Path(out) if out else run.path / f"eval-{name}{'-tta' if tta else ''}"
+    calibration = read_calibration(run.path)[0]
+    if calibration is None and run.config.model.task != "anomaly":
+        calibration = calibrate_run(run.path, run.config, run.model, batch_size)
     outputs = predict(run.model, images, batch_size, tta)
     document = evaluate_predictions(run.config.model.task, y, outputs, run.info, table, out_dir,
                                     {"run": str(run.path), "data": data or run.info["source"], "split": split,
-                                     "tta": tta, "n": int(len(y))}, model=run.model, images=images)
+                                     "tta": tta, "n": int(len(y))}, model=run.model, images=images,
+                                    calibration=calibration,
+                                    plot_format=plot_format or run.config.train.plot_format)
     if verbose:
         print(summary_line(document))
         print(f"metrics, predictions and plots in {out_dir}")

@@ -1,5 +1,7 @@
 """Shared command-line plumbing: every train flag (defined once, used by ``train``, ``lr_find`` and
-every tuner), the config they make, the environment set before TensorFlow loads, clean error exits.
+every tuner), the config they make, the parser every command starts from (``command_parser``: every
+default in ``--help``, ``--version``, ``--verbose``), the environment set before TensorFlow loads
+(a quiet start), clean error exits.
 
 Every flag's ``dest`` is a field of ``DataConfig``, ``ModelConfig`` or ``TrainConfig`` (``FLAG_FIELDS``):
 adding a field and its flag is enough. Defaults are ``None`` on the parser, so ``config_from_args``
@@ -11,14 +13,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Callable
 
-from deeplense_tf.config import (CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES, STRATEGIES,
-                                 TASKS, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig, TrainConfig, replace)
+from deeplense_tf.config import (CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, PLOT_FORMATS, SCHEDULES,
+                                 STRATEGIES, TASKS, UNCERTAINTIES, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig,
+                                 TrainConfig, replace)
 from deeplense_tf.errors import UserError
+from deeplense_tf.version import __version__
 
 DEFAULT_ANOMALY_ARCH = "conv_autoencoder"
 # Every config field whose name is also a flag's dest: adding a field and its flag is enough.
@@ -75,6 +82,9 @@ def add_model_flags(model) -> None:
     model.add_argument("--dropout", type=float, help=f"dropout in the head (default {m.dropout})")
     model.add_argument("--fc-units", type=int, nargs=2, metavar=("N1", "N2"),
                        help=f"widths of the regression head's two Dense layers (default {m.fc_units})")
+    model.add_argument("--uncertainty", choices=UNCERTAINTIES,
+                       help=f"regression: gaussian predicts a mean and a sigma per image (Gaussian likelihood); "
+                       f"either way 68/95 %% intervals are calibrated on the validation split (default {m.uncertainty})")
     model.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                        help="switch off the random flips / 90-degree rotations during training")
     model.add_argument("--shift", type=float, help="also shift images randomly by up to this fraction of the side "
@@ -95,7 +105,8 @@ def add_model_flags(model) -> None:
 def add_optimisation_flags(opt) -> None:
     """--epochs ... --balance: ``TrainConfig``'s optimisation fields."""
     t = TrainConfig()
-    opt.add_argument("--epochs", type=int, help=f"training epochs (default {t.epochs})")
+    opt.add_argument("--epochs", type=int, help=f"training epochs (default {t.epochs}); with --resume the run's new "
+                     "total: the cosine / one-cycle schedule is recomputed over it, continuing from the step reached")
     opt.add_argument("--batch-size", type=int, help=f"images per optimiser step, all GPUs and workers together "
                      f"(default {t.batch_size})")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {t.optimizer}); sgd uses Nesterov momentum (--momentum)")
@@ -108,12 +119,17 @@ def add_optimisation_flags(opt) -> None:
     opt.add_argument("--momentum", type=float, help=f"SGD Nesterov momentum (default {t.momentum})")
     opt.add_argument("--clipnorm", type=float, help="clip each step's gradient to this global norm (default: off)")
     opt.add_argument("--sam", dest="sam_rho", type=float, metavar="RHO",
-                     help="sharpness-aware minimisation around the optimiser, radius RHO (e.g. 0.05; two passes a step)")
+                     help="sharpness-aware minimisation around the optimiser, radius RHO (e.g. 0.05; two passes a "
+                     "step; default 0: off)")
+    opt.add_argument("--ema", type=float, nargs="?", const=0.99, metavar="MOMENTUM",
+                     help="exponential moving average of the weights (momentum 0.99 if none given, 0.999 for long "
+                     "runs); validation, best.keras, test metrics and export use the average (default: off)")
     opt.add_argument("--loss", choices=[v for v in LOSSES if v],
                      help="regression loss on the target in its own units (default mse)")
     opt.add_argument("--label-smoothing", type=float, help="classification / lens finding (default 0)")
     opt.add_argument("--class-weights", choices=CLASS_WEIGHTS,
-                     help="balanced: weight images by inverse class frequency (classification, lens finding)")
+                     help="balanced: weight images by inverse class frequency (classification, lens finding; "
+                     "default none)")
     opt.add_argument("--early-stopping", type=int, metavar="EPOCHS",
                      help="stop after this many epochs without a better validation loss (default 0: never)")
     opt.add_argument("--bn-recalibration", type=int, metavar="BATCHES",
@@ -144,17 +160,46 @@ def add_run_flags(run, resume: bool = True, out_help: str | None = None) -> None
     run.add_argument("--jit-compile", action="store_true", default=None,
                      help="XLA compilation: off by default, it made CPU training 5-7x slower; try it on GPUs")
     run.add_argument("--out", help=out_help or f"parent folder of run directories (default {t.out}/)")
+    run.add_argument("--plot-format", choices=PLOT_FORMATS, help=f"file format of the plots (default {t.plot_format}, "
+                     "300 dpi); pdf or svg: vector figures for a paper")
     if resume:
         run.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                         help="continue an interrupted run from its last checkpoint with its saved config")
+                         help="continue an interrupted run from its last loadable checkpoint with its saved config; "
+                         "with --epochs N train it longer (the schedule stretched to N epochs)")
     run.add_argument("--config", type=Path, help="a config.json whose values become the defaults")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every command's ``--help``: the description as written (its example commands keep their lines)
+    and every flag's default, argparse's ``(default: X)`` unless the help text already says it.
+    On/off switches and flags without a value (default None) get none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def command_parser(prog: str, description: str | None = None, verbose: bool = False,
+                   **kwargs) -> argparse.ArgumentParser:
+    """The parser every command starts from: ``HelpFormatter``, ``--version`` and (commands that load
+    TensorFlow: ``verbose``) ``--verbose``. ``prog`` is the ``python -m`` form; run as a console
+    script (setup.cfg: ``deeplense-train``, ...) the usage line names the script instead."""
+    script = Path(sys.argv[0]).name
+    p = argparse.ArgumentParser(prog=script if script.startswith("deeplense-") else prog, description=description,
+                                formatter_class=HelpFormatter, **kwargs)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    if verbose:
+        p.add_argument("--verbose", action="store_true",
+                       help="keep TensorFlow's own start-up and C++ log lines (hidden by default)")
+    return p
 
 
 def train_parser(prog: str, description: str | None, resume: bool = True,
                  out_help: str | None = None) -> argparse.ArgumentParser:
     """A parser with every train flag in its four groups (Data, Model, Optimisation, Run)."""
-    p = argparse.ArgumentParser(prog=prog, description=description, argument_default=None,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, description, verbose=True, argument_default=None)
     add_data_flags(p.add_argument_group("Data"))
     add_model_flags(p.add_argument_group("Model"))
     add_optimisation_flags(p.add_argument_group("Optimisation"))
@@ -187,14 +232,78 @@ def callable_as(module_name: str, function: Callable) -> None:
     sys.modules[module_name].__class__ = CommandModule
 
 
-def prepare_environment() -> None:
+def prepare_environment(verbose: bool = False) -> None:
     """Set before TensorFlow is imported; a user's own setting always wins.
 
     oneDNN: TensorFlow leaves it off on AMD CPUs; on the 2-core EPYC it took ResNet50 training
     from 13 to 40 images/s (STACK.md, BENCHMARKS.md), and it is TF's default on Intel anyway.
+
+    A quiet start unless ``verbose`` (the commands' ``--verbose``): TF_CPP_MIN_LOG_LEVEL 2 hides
+    TensorFlow's C++ info and warning lines; 3 on a machine without an NVIDIA driver, whose one
+    C++ error line is then the failed cuInit (``CUDA_VISIBLE_DEVICES=""`` does not stop it, measured
+    with TF 2.21). The lines its libraries write while loading (oneDNN, "Could not find cuda
+    drivers") come before that setting is read: ``import_tensorflow_quietly`` filters them alike.
     """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if has_nvidia_driver() else "3")
+    import_tensorflow_quietly()
+
+
+def has_nvidia_driver() -> bool:
+    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+
+
+# absl's log line, as TensorFlow's C++ writes it: severity, date (0000 before absl is set up), time, thread, file:line]
+ABSL_LINE = re.compile(r"([IWEF])\d{4} [\d:.]+ +\d+ \S+:\d+\] ")
+ABSL_PRE_INIT = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+PYTHON_WARNING = re.compile(r"\S.*:\d+: \w*Warning: ")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its libraries' load-time lines filtered by TF_CPP_MIN_LOG_LEVEL (as
+    TensorFlow filters its later lines); everything else written meanwhile is passed on. Without a
+    standard error to filter (a daemon) TensorFlow is left to load later, as usual."""
+    if "tensorflow" in sys.modules or sys.stderr is None:
+        return
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL") or 0)
+    except ValueError:
+        level = 0
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            sys.stderr.write(filter_log_lines(captured.read().decode(errors="replace"), level))
+            sys.stderr.flush()
+
+
+def filter_log_lines(text: str, level: int) -> str:
+    """``text`` without absl lines below ``level`` (I 0, W 1, E 2, F 3), their continuation lines and
+    absl's pre-initialisation banner; any other line (a Python warning, an error) is kept."""
+    kept, dropping = [], False
+    for line in text.splitlines(keepends=True):
+        header = ABSL_LINE.match(line)
+        if header:
+            dropping = "IWEF".index(header[1]) < level
+        elif line.startswith(ABSL_PRE_INIT):
+            dropping = level > 0
+        elif PYTHON_WARNING.match(line):
+            dropping = False
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def run_cli(job: Callable[[], object]) -> int:

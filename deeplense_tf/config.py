@@ -22,9 +22,11 @@ DEVICES = ("auto", "cpu", "gpu")
 SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
 NORMALIZATIONS = ("standardize", "minmax", "asinh", "clip", "cmu")
 LOSSES = (None, "mse", "huber", "mae")
+UNCERTAINTIES = ("none", "gaussian")
 CLASS_WEIGHTS = ("none", "balanced")
 VALIDATE_MODES = ("full", "quick")
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
+PLOT_FORMATS = ("png", "pdf", "svg")
 DATA_PATH_FIELDS = ("data", "val_data", "test_data")
 
 
@@ -88,6 +90,10 @@ class ModelConfig:
     fc_units: tuple[int, int] = (256, 64)
     # Random flips and 90-degree rotations during training: lensing images have that symmetry.
     augment: bool = True
+    # Regression only: "gaussian" predicts a mean and a standard deviation per image (Gaussian
+    # negative log-likelihood, beta-NLL weighted: training/losses.py); "none" a point estimate.
+    # Either way the run calibrates 68/95 % intervals on the validation split (conformal).
+    uncertainty: str = "none"
     # Fine-tuning (finetune.py): train the head on a frozen backbone (its BatchNorm in inference mode).
     freeze_backbone: bool = False
     # With freeze_backbone: epochs 1..N train the head only, then the whole network; None = frozen throughout.
@@ -127,6 +133,9 @@ class TrainConfig:
     clipnorm: float | None = None
     # Sharpness-aware minimisation (Foret et al. 2021) around the chosen optimiser: neighbourhood radius; 0 = off.
     sam_rho: float = 0.0
+    # Exponential moving average of the weights (Keras' use_ema) with this momentum; None = off. Validation,
+    # best.keras and so the test metrics and the export use the average (training/ema.py).
+    ema: float | None = None
     # Regression loss on the target in its own units (dex): mse, huber (delta 1) or mae; None = the task's default.
     loss: str | None = None
     # Classification / lens finding: 0..1 of the target mass spread over the other classes.
@@ -153,6 +162,8 @@ class TrainConfig:
     # mirrored (all local GPUs, or the CPU); one-device (first GPU or the CPU); multiworker = several
     # machines described by the TF_CONFIG environment variable (batch_size stays the global batch).
     strategy: str = "auto"
+    # File format of the run's plots: png (300 dpi), or pdf / svg (vector) for a paper.
+    plot_format: str = "png"
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,13 @@ def validate(config: RunConfig) -> None:
         (t.device in DEVICES, f"device must be one of {DEVICES}. Received: device={t.device!r}"),
         (m.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}. "
          f"Received: {m.normalization!r}"),
+        (m.uncertainty in UNCERTAINTIES, f"uncertainty must be one of {UNCERTAINTIES}. "
+         f"Received: uncertainty={m.uncertainty!r}"),
+        (m.uncertainty == "none" or m.task == "regression",
+         f"--uncertainty {m.uncertainty} applies to regression only (classifiers are calibrated by temperature "
+         f"scaling anyway). Received task={m.task!r}"),
+        (m.uncertainty == "none" or t.loss is None,
+         f"--uncertainty {m.uncertainty} trains with the Gaussian likelihood; drop --loss {t.loss}"),
         (0 <= m.shift < 0.5, f"shift must be in [0, 0.5). Received: {m.shift}"),
         (m.noise >= 0, f"noise must be >= 0. Received: {m.noise}"),
         (t.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}. Received: schedule={t.schedule!r}"),
@@ -223,6 +241,10 @@ def validate(config: RunConfig) -> None:
         (t.warmup_epochs >= 0, f"warmup_epochs must be >= 0. Received: {t.warmup_epochs}"),
         (t.clipnorm is None or t.clipnorm > 0, f"clipnorm must be > 0. Received: {t.clipnorm}"),
         (t.sam_rho >= 0, f"sam_rho must be >= 0. Received: {t.sam_rho}"),
+        (t.ema is None or 0 < t.ema < 1, f"ema (the average's momentum) must be in (0, 1), e.g. 0.99. "
+         f"Received: ema={t.ema}"),
+        (t.plot_format in PLOT_FORMATS, f"plot_format must be one of {PLOT_FORMATS}. "
+         f"Received: plot_format={t.plot_format!r}"),
         (t.early_stopping >= 0, f"early_stopping must be >= 0 epochs. Received: {t.early_stopping}"),
         (t.bn_recalibration >= 0, f"bn_recalibration must be >= 0 batches. Received: {t.bn_recalibration}"),
         (0 <= t.momentum < 1, f"momentum must be in [0, 1). Received: {t.momentum}"),

@@ -4,7 +4,9 @@
     python -m deeplense_tf.ensemble runs/a runs/b --data /data/model_ii_test --tta --allow-pickle
 
 The ensemble averages what the members output: class probabilities (classification), lens
-probabilities (lens finding), physical-unit predictions (regression), anomaly scores. The
+probabilities (lens finding), anomaly scores; for regression it reports a mean and a total sigma
+(the members' own sigmas with ``--uncertainty gaussian``, plus their disagreement). Its intervals
+(conformal) and temperature are fitted again on the members' shared validation split. The
 runs must share the task, the class names, the regression target and the input shape, and
 the test split (``split.csv``), since otherwise one member may have trained on the images
 another is tested on. ``--data`` evaluates on another set, where splits do not matter;
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf import runs
-from deeplense_tf.cli import prepare_environment, run_cli
+from deeplense_tf.cli import command_parser, prepare_environment, run_cli
 from deeplense_tf.config import RunConfig
 from deeplense_tf.errors import UserError
 
@@ -93,14 +95,34 @@ def load_test_data(member: Member, data: str | None, allow_pickle: bool):
     return evaluation_set(member.config, member.info, member.run_dir, data, allow_pickle)
 
 
-def build_ensemble(models: list, name: str = "ensemble"):
-    """Raw images -> every member -> their mean. Each member is re-wrapped under a unique name,
-    since two runs of one architecture carry the same model and layer names."""
+def build_ensemble(models: list, name: str = "ensemble", task: str = "classification"):
+    """Raw images -> every member -> their mean (regression: ``[mean, total sigma]``, ``GaussianEnsemble``).
+    Each member is re-wrapped under a unique name, since two runs of one architecture carry the same
+    model and layer names."""
     import keras
+
+    from deeplense_tf.models.heads import GaussianEnsemble
 
     inputs = keras.Input(tuple(models[0].input_shape[1:]), name="image")
     outputs = [keras.Model(m.input, m.output, name=f"member{i}_{m.name}")(inputs) for i, m in enumerate(models)]
-    return keras.Model(inputs, keras.layers.Average(name="mean")(outputs), name=name)
+    combined = GaussianEnsemble(name="target")(outputs) if task == "regression" else \
+        keras.layers.Average(name="mean")(outputs)
+    return keras.Model(inputs, combined, name=name)
+
+
+def combine(task: str, outputs: list[np.ndarray]) -> np.ndarray:
+    """The members' outputs combined as ``build_ensemble`` does (numpy)."""
+    if task != "regression":
+        return np.mean(outputs, axis=0)
+    from deeplense_tf.evaluation.report import regression_outputs
+    from deeplense_tf.evaluation.uncertainty import ensemble_gaussian
+
+    parts = [regression_outputs(o) for o in outputs]
+    sigmas = None if any(s is None for _, s in parts) else np.stack([s for _, s in parts])
+    if sigmas is None and any(s is not None for _, s in parts):
+        sigmas = np.stack([np.zeros_like(m) if s is None else s for m, s in parts])
+    mean, total, _ = ensemble_gaussian(np.stack([m for m, _ in parts]), sigmas)
+    return np.stack([mean, total], axis=-1)
 
 
 def run_ensemble(run_dirs: list[Path], out: Path | None = None, data: str | None = None, tta: bool = False,
@@ -108,7 +130,8 @@ def run_ensemble(run_dirs: list[Path], out: Path | None = None, data: str | None
     import keras  # TensorFlow loads only once the arguments are parsed: --help stays fast
 
     from deeplense_tf.evaluation.report import evaluate_predictions, predict
-    from deeplense_tf.models.export import export_run
+    from deeplense_tf.models.export import export_metadata, export_run
+    from deeplense_tf.training.calibrate import CALIBRATION, read_calibration
 
     members = [load_member(Path(r)) for r in run_dirs]
     check_compatible(members, same_split=same_split and data is None)
@@ -123,19 +146,47 @@ def run_ensemble(run_dirs: list[Path], out: Path | None = None, data: str | None
         documents.append(evaluate_predictions(task, y, outputs[-1], first.info, table,
                                               out / "members" / f"{k}-{member.run_dir.name}",
                                               {"run": str(member.run_dir), "checkpoint": str(member.checkpoint),
-                                               **header}))
+                                               **header}, calibration=read_calibration(member.run_dir)[0],
+                                              plot_format=member.config.train.plot_format))
     member_rows = [{"run": d["run"], "checkpoint": d["checkpoint"], "metrics": d["metrics"]} for d in documents]
-    document = evaluate_predictions(task, y, np.mean(outputs, axis=0), first.info, table, out,
-                                    {"runs": [str(m.run_dir) for m in members], **header, "members": member_rows})
+    calibration = calibrate_ensemble(task, models, first, batch_size, tta) if same_split else None
+    if calibration is not None:
+        runs.write_json(out / CALIBRATION, calibration)
+    document = evaluate_predictions(task, y, combine(task, outputs), first.info, table, out,
+                                    {"runs": [str(m.run_dir) for m in members], **header, "members": member_rows},
+                                    calibration=calibration, plot_format=first.config.train.plot_format)
     runs.write_json(out / "ensemble.json", {"task": task, "members": [
         {"run": str(m.run_dir), "checkpoint": str(m.checkpoint), "arch": m.config.model.arch} for m in members]})
     runs.write_json(out / runs.DATA_INFO, first.info)
-    paths = export_run(build_ensemble(models, name=f"ensemble_{task}"), out)
+    paths = export_run(build_ensemble(models, name=f"ensemble_{task}", task=task), out,
+                       export_metadata(first.info, calibration))
     print(metrics_table([(f"{k} {m.run_dir.name}", d["metrics"]) for k, (m, d) in
                          enumerate(zip(members, documents), start=1)] + [("ensemble", document["metrics"])]))
     print(f"{task} on {len(y)} images ({split}{', tta' if tta else ''})\nmetrics, predictions and plots in {out}\n"
           f"SavedModel:  {paths['saved_model']}\nKeras model: {paths['keras']}")
     return out
+
+
+def calibrate_ensemble(task: str, models: list, first: Member, batch_size: int, tta: bool) -> dict | None:
+    """The ensemble's own calibration (conformal quantiles, temperature) on the members' shared
+    validation split; None for anomaly ensembles."""
+    if task == "anomaly":
+        return None
+    from deeplense_tf.data.prepare import evaluation_set
+    from deeplense_tf.evaluation import uncertainty
+    from deeplense_tf.evaluation.report import predict, regression_outputs
+    from deeplense_tf.training.calibrate import LEVELS
+
+    images, y, _, _ = evaluation_set(first.config, first.info, first.run_dir, split="val")
+    outputs = combine(task, [predict(m, images, batch_size, tta) for m in models])
+    calibration: dict = {"split": "val", "n": int(len(y)), "levels": list(LEVELS)}
+    if task == "regression":
+        mean, sigma = regression_outputs(outputs)
+        calibration["conformal"] = uncertainty.fit_conformal(y, mean, sigma if np.all(sigma > 0) else None, LEVELS)
+    else:
+        probs = outputs if task == "classification" else outputs.reshape(-1)
+        calibration["temperature"] = float(uncertainty.fit_temperature(y, probs))
+    return calibration
 
 
 def default_out(parent: Path, task: str) -> Path:
@@ -154,8 +205,7 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deeplense_tf.ensemble", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m deeplense_tf.ensemble", __doc__, verbose=True)
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories written by train")
     parser.add_argument("--out", type=Path,
                         help="output folder (default <parent of the first run>/ensemble-<task>-<time>)")
@@ -172,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prepare_environment()
+    prepare_environment(args.verbose)
     return run_cli(lambda: run_ensemble(args.run_dirs, args.out, args.data, args.tta, args.batch_size,
                                         args.allow_pickle, same_split=not args.any_split))
 

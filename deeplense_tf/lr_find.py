@@ -109,9 +109,9 @@ def plot(result: RangeTest, path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = train_parser("python -m deeplense_tf.lr_find", __doc__, resume=False)
     test = p.add_argument_group("Range test")
-    test.add_argument("--min-lr", type=float, default=1e-7, help="first rate (default 1e-7)")
-    test.add_argument("--max-lr", type=float, default=1.0, help="last rate (default 1)")
-    test.add_argument("--steps", type=int, default=100, help="training steps at most (default 100)")
+    test.add_argument("--min-lr", type=float, default=1e-7, help="first rate")
+    test.add_argument("--max-lr", type=float, default=1.0, help="last rate")
+    test.add_argument("--steps", type=int, default=100, help="training steps at most")
     return p
 
 
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     from deeplense_tf.data.pipeline import create_dataset
     from deeplense_tf.data.prepare import prepare_data
     from deeplense_tf.models.build import create_model
+    from deeplense_tf.models.registry import check_arch_task, check_weights
     from deeplense_tf.training.trainer import check_batch_size, compile_model, fit_labels, set_up
 
     if not 0 < args.min_lr < args.max_lr:
@@ -132,6 +133,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         raise ConfigError("lr_find runs on one machine (all its GPUs with --strategy mirrored); "
                           "--strategy multiworker is not supported")
     config = replace(config, train={"schedule": "constant", "sam_rho": 0.0})  # the ramp sets the rate
+    check_arch_task(config.model.arch, config.model.task)  # before the data are read or simulated
+    check_weights(config.model.arch, config.model.weights)
     strategy = set_up(config.train)
     data = prepare_data(config)
     check_batch_size(config.train.batch_size, len(data.splits["train"]))
@@ -177,7 +180,7 @@ def _without_range_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    prepare_environment()
+    prepare_environment(args.verbose)
     return run_cli(lambda: run(args, argv))
 
 

@@ -22,11 +22,14 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from deeplense_tf.errors import UserError
+from deeplense_tf.version import __version__
 
 CONFIG = "config.json"
 DATA_INFO = "data.json"
@@ -77,6 +80,33 @@ def check_room(out: str | Path, n_params: int) -> None:
     if free < need:
         raise UserError(f"not enough disk space for the run in {out}: {free / 2**20:.0f} MiB free, about "
                         f"{need / 2**20:.0f} MiB needed for checkpoints and exports; free space or choose --out")
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why a ``.keras`` checkpoint cannot be read (empty, truncated, damaged), or None when it is whole.
+
+    A ``.keras`` file is a zip archive: a truncated one has lost its central directory, a damaged
+    member fails its checksum. Checked here rather than by catching whatever ``load_model`` raises,
+    so a whole checkpoint that fails to load for another reason is never set aside."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return "empty, 0 bytes"
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        return f"not a complete .keras archive: {err}"
+    return None if damaged is None else f"damaged member {damaged}"
+
+
+def set_aside(path: str | Path) -> Path:
+    """Rename an unreadable file to ``<name>.corrupt``: kept for a look, never loaded again."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.corrupt")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # another worker of a multi-worker run set it aside first
+        pass
+    return target
 
 
 def require_run_dir(path: str | Path) -> Path:
@@ -204,12 +234,20 @@ def run_table(root: str | Path):
     return pd.DataFrame([run_summary(r) for r in find_runs(root)])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deeplense_tf.runs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """runs sits below cli (setup.cfg, layers), so not ``cli.command_parser``: its two flags state their
+    defaults themselves, and the usage line names the console script as there."""
+    script = Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(prog=script if script == "deeplense-runs" else "python -m deeplense_tf.runs",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("root", nargs="?", default="runs", type=Path, help="folder holding run folders (default runs)")
     parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not args.root.exists():
         print(f"error: {args.root}: no such folder", file=sys.stderr)
         return 2

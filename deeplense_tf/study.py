@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deeplense_tf import runs
-from deeplense_tf.cli import FLAG_FIELDS, prepare_environment, run_cli
+from deeplense_tf.cli import FLAG_FIELDS, command_parser, prepare_environment, run_cli
 from deeplense_tf.errors import ConfigError, UserError
 
 BUILTIN = Path(__file__).with_name("studies")
@@ -159,11 +159,10 @@ def print_builtin() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deeplense_tf.study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m deeplense_tf.study", __doc__, verbose=True)
     p.add_argument("study", nargs="?", help="a built-in study (--list) or a study .json file")
     p.add_argument("--list", action="store_true", help="list the built-in studies and exit")
-    p.add_argument("--out", type=Path, default=Path("studies"), help="parent folder of study folders (default studies)")
+    p.add_argument("--out", type=Path, default=Path("studies"), help="parent folder of study folders")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the study (by name)")
     p.add_argument("--leaderboard", action="store_true", help="only write the leaderboard of what has run")
     return p
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.study:
         print("error: name a study (python -m deeplense_tf.study --list shows the built-in ones)", file=sys.stderr)
         return 2
-    prepare_environment()
+    prepare_environment(args.verbose)
 
     def job():
         study = load_study(args.study)

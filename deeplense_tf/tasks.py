@@ -66,6 +66,17 @@ def target_column(table: pd.DataFrame, target: str) -> np.ndarray:
                     "(choose one with --target)")
 
 
+TARGET_UNITS = {"log10_axion_mass": "log10(m_a / eV)", "axion_mass_ev": "eV", "log10_halo_mass": "log10(M / Msun)",
+                "einstein_radius": "arcsec"}
+
+
+def target_units(target: str) -> str | None:
+    """Units of a regression target, for metadata and plot labels (None when unknown)."""
+    if target in TARGET_UNITS:
+        return TARGET_UNITS[target]
+    return "dex" if target.startswith("log10_") else None
+
+
 def classification_labels(table: pd.DataFrame, target: str) -> TaskLabels:
     if "class" not in table.columns:
         raise DataError("classification needs class labels (class folders, or a labels array of names/indices)")

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_archs:
         return run_cli(lambda: print_archs(args.list_archs))
-    prepare_environment()
+    prepare_environment(args.verbose)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM stops like Ctrl-C
 
     def job():
@@ -60,7 +60,7 @@ def print_archs(pattern: str) -> None:
         print(f"{name:<22} {spec.family:<14} {tasks:<10} {'yes' if spec.has_imagenet else 'no':<8} {params:>9}  "
               f"{sizes}  {spec.source}")
     print(f"{len(names)} architectures (supervised: --task regression, classification or lens_finding; "
-          "anomaly: --task anomaly)", file=sys.stderr)
+          "anomaly: --task anomaly; imagenet yes: --weights imagenet is allowed)", file=sys.stderr)
 
 
 def api_train(*args, **kwargs):

@@ -1,6 +1,7 @@
 """How fast does the input path feed training? Images/s of each reader, and train-step time with real input.
 
-    python -m pipelines.benchmark                 # full run, writes pipelines/benchmark.csv + BENCHMARKS.md
+    python -m pipelines.benchmark                 # full run: prints its BENCHMARKS.md section
+    python -m pipelines.benchmark --write-benchmarks   # ... and records it (BENCHMARKS.md, pipelines/benchmark.csv)
     python -m pipelines.benchmark --smoke --json bench.json   # CI-sized, about a minute on 2 cores
 
 Each pipeline is timed over whole epochs of a synthetic DeepLense-like set written to a
@@ -40,8 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplense_tf.cli import command_parser, prepare_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Input pipeline"
+TRACKED_CSV = ROOT / "pipelines" / "benchmark.csv"  # the CSV the BENCHMARKS.md section cites
 EPOCH_IMAGES = 27_000  # images per timed run (several epochs of a small set)
 
 
@@ -312,28 +316,39 @@ def print_table(result: dict) -> None:
 
 
 def write_outputs(result: dict, args, sizes: list[int]) -> None:
-    csv_path = Path(args.csv)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["measure", "value"])
-        writer.writerows((k, f"{v:.6g}") for k, v in result.items())
-    shown = [a for i, a in enumerate(sys.argv[1:]) if a not in ("--json", "--notes", "--csv")
+    """The run's BENCHMARKS.md section: printed; with --write-benchmarks it replaces the tracked section
+    and pipelines/benchmark.csv (a measurement on a busy machine must not overwrite the record unasked)."""
+    csv_paths = [Path(p) for p in (args.csv, TRACKED_CSV if args.write_benchmarks else None) if p]
+    for csv_path in csv_paths:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["measure", "value"])
+            writer.writerows((k, f"{v:.6g}") for k, v in result.items())
+    csv_path = csv_paths[-1] if csv_paths else None
+    shown = [a for i, a in enumerate(sys.argv[1:]) if a not in ("--json", "--notes", "--csv", "--write-benchmarks")
              and (i == 0 or sys.argv[i] not in ("--json", "--notes", "--csv"))]
     command = "python -m pipelines.benchmark " + " ".join(shown)
     lines = [SECTION, "",
              f"Command: `{command.strip()}`  ", f"Machine: {machine()}  ",
-             f"Date: {datetime.date.today().isoformat()}; {args.n} files at {args.size} px "
-             f"({max(args.batch_size * 4, args.n // 3)} at {args.extra_size} px), batch {args.batch_size}; pipelines: "
+             f"Date: {datetime.date.today().isoformat()}; {args.samples} files at {args.size} px "
+             f"({max(args.batch_size * 4, args.samples // 3)} at {args.extra_size} px), batch {args.batch_size}; "
+             "pipelines: "
              f"median of {args.repeats} interleaved repeats, consumed in-graph (`Dataset.reduce`); train steps of "
              f"`{args.arch}`: {2 * args.repeats} alternating fits of {args.steps} steps per feed. "
-             f"CSV: `{csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path}`.",
+             + (f"CSV: `{csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path}`." if csv_path
+                else ""),
              ""]
     lines += markdown_tables(result, sizes, args.size)
     notes = Path(args.notes) if args.notes else None
     if notes and notes.is_file():
         lines += ["", notes.read_text().strip()]
-    replace_section(ROOT / "BENCHMARKS.md", "\n".join(lines) + "\n")
+    section = "\n".join(lines) + "\n"
+    if args.write_benchmarks:
+        replace_section(ROOT / "BENCHMARKS.md", section)
+        print(f"recorded in BENCHMARKS.md and {TRACKED_CSV.relative_to(ROOT)}")
+    else:
+        print(f"\n{section}\nnot recorded: --write-benchmarks replaces this section of BENCHMARKS.md")
 
 
 def replace_section(path: Path, section: str) -> None:
@@ -356,37 +371,41 @@ def log(message: str) -> None:
     print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.benchmark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser("python -m pipelines.benchmark", __doc__)
     p.add_argument("--smoke", action="store_true", help="small and quick (CI): one size, fewer files and steps")
     p.add_argument("--json", help="write the results as one flat JSON object")
     p.add_argument("--arch", help="backbone for the train-step timing (default efficientnet_b0; --smoke: "
                    "mobilenet_v3_small, whose first step traces in ~30 s instead of 60-100 s on 2 cores)")
-    p.add_argument("--n", type=int, help="files per image size (default 9000, --smoke 1200)")
-    p.add_argument("--size", type=int, default=64, help="main image side (default 64)")
-    p.add_argument("--extra-size", type=int, default=150, help="second image side, not in --smoke (default 150)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--samples", type=int, help="files per image size (default 9000, --smoke 1200)")
+    p.add_argument("--size", type=int, default=64, help="main image side")
+    p.add_argument("--extra-size", type=int, default=150, help="second image side, not in --smoke")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--steps", type=int, help="train steps per timed fit (default 15, --smoke 6); fits of every "
                    "feed alternate, 2 x --repeats times (3 with --smoke)")
     p.add_argument("--repeats", type=int, help="interleaved repeats (default 3, --smoke 1)")
-    p.add_argument("--csv", default=str(ROOT / "pipelines" / "benchmark.csv"), help="CSV output (not in --smoke)")
-    p.add_argument("--notes", help="markdown file appended under the table in BENCHMARKS.md")
+    p.add_argument("--write-benchmarks", action="store_true",
+                   help="record the run: replace its section of the tracked BENCHMARKS.md and write "
+                   "pipelines/benchmark.csv (default: print the section only; not with --smoke)")
+    p.add_argument("--csv", help="also write the measures to this CSV file (not with --smoke)")
+    p.add_argument("--notes", help="markdown file appended under the table of the section")
     p.add_argument("--work", help="folder for the generated data (default: a temporary folder)")
-    args = p.parse_args(argv)
-    args.n = args.n or (1200 if args.smoke else 9000)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.samples = args.samples or (1200 if args.smoke else 9000)
     args.arch = args.arch or ("mobilenet_v3_small" if args.smoke else "efficientnet_b0")
     args.steps = args.steps or (6 if args.smoke else 15)
     args.repeats = args.repeats or (1 if args.smoke else 3)
-    from deeplense_tf.cli import prepare_environment
-
     prepare_environment()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         sizes = [args.size] if args.smoke else [args.size, args.extra_size]
         per_size, data = {}, None
         for size in sizes:
-            n = args.n if size == args.size else max(args.batch_size * 4, args.n // 3)
+            n = args.samples if size == args.size else max(args.batch_size * 4, args.samples // 3)
             rates, sets = pipeline_rates(work, n, size, args.batch_size, args.repeats, tfrecord=True,
                                          epoch_images=n * 6 if args.smoke else EPOCH_IMAGES)
             log(f"{size}px pipelines timed")

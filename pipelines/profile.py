@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplense_tf.cli import command_parser, prepare_environment
+
 WAIT_EVENT = "IteratorGetNextOp::DoCompute"
 
 
@@ -81,7 +83,7 @@ def record(args) -> Path:
             index = load_data(args.data, validate="quick", stream=args.reader != "packed",
                               allow_pickle=args.allow_pickle)
         else:
-            index = synthetic_data(Path(tmp), args.reader, args.n, args.size)
+            index = synthetic_data(Path(tmp), args.reader, args.samples, args.size)
         classes = sorted(set(index.table["class"])) if "class" in index.table else ["all"]
         labels = (np.searchsorted(classes, index.table["class"]) if "class" in index.table
                   else np.zeros(len(index.table))).astype(np.int32)
@@ -141,24 +143,25 @@ def xprof_analysis(xplane: Path) -> dict:
             "top_input_ops": ops[:8]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.profile", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="efficientnet_b0", help="backbone to train (default efficientnet_b0)")
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser("python -m pipelines.profile", __doc__)
+    p.add_argument("--arch", default="efficientnet_b0", help="backbone to train")
     p.add_argument("--data", help="data to read (any --data layout); default: synthetic 64x64 files")
     p.add_argument("--reader", choices=("shards", "per_file", "packed"), default="shards",
-                   help="how the synthetic data is read (default shards); with --data: stream or load into memory")
+                   help="how the synthetic data is read; with --data: stream or load into memory")
     p.add_argument("--allow-pickle", action="store_true", help="read pickled .npy files (runs code from the file)")
-    p.add_argument("--n", type=int, default=3000, help="synthetic images (default 3000)")
-    p.add_argument("--size", type=int, default=64, help="synthetic image side (default 64)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--samples", "--n", type=int, default=3000, help="synthetic images (--n: the older spelling)")
+    p.add_argument("--size", type=int, default=64, help="synthetic image side")
+    p.add_argument("--batch-size", type=int, default=32, help="images per training step")
     p.add_argument("--warmup", type=int, default=3, help="steps before profiling starts (tracing, warm-up)")
-    p.add_argument("--steps", type=int, default=5, help="profiled steps (default 5)")
+    p.add_argument("--steps", type=int, default=5, help="profiled steps")
     p.add_argument("--logdir", type=Path, help="TensorBoard log dir (default runs/profile-<arch>-<time>)")
-    args = p.parse_args(argv)
-    args.logdir = args.logdir or Path("runs") / f"profile-{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    from deeplense_tf.cli import prepare_environment
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.logdir = args.logdir or Path("runs") / f"profile-{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     prepare_environment()
     xplane = record(args)
     summary = {"trace": str(xplane), **input_wait(xplane)}

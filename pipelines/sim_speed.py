@@ -1,7 +1,7 @@
 """Simulator throughput: images/s per preset and worker count, against the published scripts' way.
 
     python -m pipelines.sim_speed                                  # every preset, 1 and 2 workers
-    python -m pipelines.sim_speed --preset model_ii --workers 1 2 4 --n 200 --markdown
+    python -m pipelines.sim_speed --preset model_ii --workers 1 2 4 --samples 200 --markdown
 
 "workers K": ``simulate(preset, n, ...)`` end to end into a fresh folder (process start-up,
 lenstronomy import, rendering, the atomic ``.npy`` writes and ``metadata.csv``), images of
@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from deeplense_tf.cli import command_parser
 from deeplense_tf.sim import lens_finding as sim_lensfinding, physics as sim_physics, render as sim_render
 from deeplense_tf.sim.generate import PRESETS, get_preset, simulate, simulate_one
 
@@ -157,22 +158,27 @@ def markdown(rows: list[dict], workers: list[int]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.sim_speed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", nargs="+", choices=list(PRESETS), default=list(PRESETS))
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--n", type=int, default=150, help="images per class for each timed run (default 150)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("python -m pipelines.sim_speed", __doc__)
+    parser.add_argument("--preset", nargs="+", choices=list(PRESETS), default=list(PRESETS), help="presets to time")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="worker process counts to time")
+    parser.add_argument("--samples", "--n", type=int, default=150,
+                        help="images per class for each timed run (--n: the older spelling)")
     parser.add_argument("--baseline-n", type=int, default=30,
                         help="images for the rebuilt-per-image baseline; 0 skips it (default 30)")
     parser.add_argument("--pyhalo-n", type=int, default=3,
                         help="timed pyHalo CDM realisations for the published-way column, where pyHalo "
                              "imports; 0 skips them (default 3)")
     parser.add_argument("--markdown", action="store_true", help="also print a BENCHMARKS.md table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.n < 1 or args.baseline_n < 0 or args.pyhalo_n < 0 or min(args.workers) < 1:
-        parser.error("--n and --workers must be positive, --baseline-n and --pyhalo-n at least 0")
-    rows = measure(args.preset, args.workers, args.n, args.baseline_n, args.pyhalo_n)
+    if args.samples < 1 or args.baseline_n < 0 or args.pyhalo_n < 0 or min(args.workers) < 1:
+        parser.error("--samples and --workers must be positive, --baseline-n and --pyhalo-n at least 0")
+    rows = measure(args.preset, args.workers, args.samples, args.baseline_n, args.pyhalo_n)
     if args.markdown:
         print(markdown(rows, args.workers))
     return 0

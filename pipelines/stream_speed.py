@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from deeplense_tf.cli import command_parser
+
 
 def stream_plan(preset: str, task: str, batch: int, workers: int, seed: int = 0):
     """The ``StreamPlan`` a ``sim-stream:<preset>`` run of ``task`` would stream (no fixed set needed)."""
@@ -147,12 +149,11 @@ def markdown(rows: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.stream_speed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="model_ii", help="simulator preset (default model_ii)")
+    p = command_parser("python -m pipelines.stream_speed", __doc__)
+    p.add_argument("--preset", default="model_ii", help="simulator preset")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="simulator process counts to measure")
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds of each stream measurement")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch of the stream and of training")
     p.add_argument("--task", default="regression", choices=("regression", "classification", "lens_finding"),
                    help="regression streams the axion class only (default), the others every class")
     p.add_argument("--arch", default="resnet18", help="model whose training rate to compare with; none: skip")
@@ -169,16 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if min(args.workers) < 1 or args.batch < 1 or args.seconds <= 0:
-        raise SystemExit("--workers, --batch and --seconds must be positive")
+    if min(args.workers) < 1 or args.batch_size < 1 or args.seconds <= 0:
+        raise SystemExit("--workers, --batch-size and --seconds must be positive")
     arch = None if args.arch == "none" else args.arch
-    print(f"{args.preset}, task {args.task}, batch {args.batch}, {os.cpu_count()} cores, "
+    print(f"{args.preset}, task {args.task}, batch {args.batch_size}, {os.cpu_count()} cores, "
           f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     rows = []
     for workers in args.workers:
-        plan = stream_plan(args.preset, args.task, args.batch, workers)
+        plan = stream_plan(args.preset, args.task, args.batch_size, workers)
         rate = (raw_rate if args.raw else stream_rate)(plan, args.seconds)
-        rows.append({"preset": args.preset, "task": args.task, "batch": args.batch, "workers": workers,
+        rows.append({"preset": args.preset, "task": args.task, "batch": args.batch_size, "workers": workers,
                      "raw": args.raw, "stream_images_per_s": rate["images_per_s"], "startup_s": rate["startup_s"],
                      "load": round(os.getloadavg()[0], 1)})
         print(f"stream  workers {workers:>2}: {rate['images_per_s']:>8.1f} images/s "
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update({"arch": arch, "train_resident_images_per_s": train,
                         "verdict": verdict(row["stream_images_per_s"], train)})
             if model is not None:
-                fed = fit_rate(model, stream_plan(args.preset, args.task, args.batch, row["workers"]), args.fit_steps)
+                fed = fit_rate(model, stream_plan(args.preset, args.task, args.batch_size, row["workers"]), args.fit_steps)
                 row["train_from_stream_images_per_s"] = fed["images_per_s"]
                 print(f"train   {arch} from the stream, workers {row['workers']:>2}: {fed['images_per_s']} images/s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)

@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deeplense_tf.cli import command_parser
+
 TORCH_VENV = Path(__file__).resolve().parents[1] / ".torchvenv"  # beside the project, git-ignored
 DEFAULT_TORCH_PYTHON = os.environ.get("TORCH_PYTHON", str(TORCH_VENV / "bin" / "python"))
 INSTALL_HINT = (
@@ -233,10 +235,10 @@ def compare(pair: Pair, args, first_ours: bool) -> dict:
         sides = ["ours", "timm"] if first_ours ^ bool(repeat % 2) else ["timm", "ours"]
         for side in sides:
             if side == "ours":
-                row = run_ours(pair, args.size, args.batch, args.steps, args.warmup, args.timeout)
+                row = run_ours(pair, args.size, args.batch_size, args.steps, args.warmup, args.timeout)
                 ours.append(row)
             else:
-                row = run_timm(args.torch_python, pair, timm_size, args.batch, args.steps, args.warmup, args.timeout,
+                row = run_timm(args.torch_python, pair, timm_size, args.batch_size, args.steps, args.warmup, args.timeout,
                                args.threads)
                 timm.append(row)
             shown = f"{row['train_images_per_s']:8.1f} images/s" if row.get("status") == "ok" else row.get("status")
@@ -245,15 +247,14 @@ def compare(pair: Pair, args, first_ours: bool) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.timm_compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m pipelines.timm_compare", __doc__)
     p.add_argument("--pair", action="append", help="our arch of a pair (repeatable; default every pair)")
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON, help="a Python with torch and timm")
     p.add_argument("--threads", type=int, help="threads of both frameworks (torch.set_num_threads; TensorFlow's "
                    "TF_NUM_INTRAOP_THREADS and TF_NUM_INTEROP_THREADS); default every core. 1 compares the kernels "
                    "on a loaded machine, where OpenMP's spinning threads lose more than TensorFlow's pool")
     p.add_argument("--size", type=int, default=64, help="image side (1 channel); Inception/Xception see their minimum")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per training step")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing, allocator warm-up)")
     p.add_argument("--steps", type=int, default=8, help="timed training steps")
     p.add_argument("--repeats", type=int, default=1, help="runs of each side per pair; the table shows the median")

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from deeplense_tf.cli import command_parser
+
 
 def measure(arch: str, variant: str, size: int, batch: int, steps: int, task: str, jit: bool = False,
             warmup: int = 2, partial: str | None = None) -> dict:
@@ -187,8 +189,7 @@ def markdown(rows: list[dict], params: dict[str, int | None]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.train_speed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m pipelines.train_speed", __doc__)
     p.add_argument("--arch", action="append", help="architecture (repeatable; default efficientnet_b0)")
     p.add_argument("--all", action="store_true", help="every architecture of list_archs()")
     p.add_argument("--pattern", action="append", help="glob over list_archs(), e.g. 'resnet*' (repeatable)")
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onednn", action="append", choices=("on", "off"), help="TF_ENABLE_ONEDNN_OPTS; repeatable")
     p.add_argument("--jit", action="append", choices=("on", "off"), help="compile with jit_compile (XLA); repeatable")
     p.add_argument("--size", type=int, default=64, help="image side (1 channel)")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per training step")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (tracing, XLA compilation) before timing")
     p.add_argument("--steps", type=int, default=5, help="timed training steps after the warm-up steps")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per process (build, warm-up, timing)")
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for arch, variant, onednn, jit in itertools.product(archs, args.variant or ["depthwise"], args.onednn or ["on"],
                                                         args.jit or ["off"]):
-        job = {"arch": arch, "variant": variant, "size": args.size, "batch": args.batch, "steps": args.steps,
+        job = {"arch": arch, "variant": variant, "size": args.size, "batch": args.batch_size, "steps": args.steps,
                "warmup": args.warmup, "task": args.task, "jit": jit == "on"}
         base = {"arch": arch, "variant": variant, "onednn": onednn, "jit": jit == "on", "backbone_params": params[arch]}
         if time.monotonic() > deadline:

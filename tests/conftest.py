@@ -37,3 +37,20 @@ def image_sources(tmp_path_factory):
     write_shards(resident, tmp / "shards", shard_size=5, seed=None)
     return {"array": resident.images, "files": load_data(str(root), validate="quick").images,
             "shards": load_data(str(tmp / "shards"), stream=True).images}
+
+
+@pytest.fixture(scope="module")
+def tiny_deeplens():
+    """The DeepLens ResNet builder with two narrow stages: a registered architecture that trains in
+    seconds (the full one is built and trained one step by tests/test_zoo_extra.py)."""
+    import functools
+
+    from deeplense_tf.models.convnets import scratch_only
+    from deeplense_tf.models.deeplens_resnet import deeplens_resnet
+    from deeplense_tf.models.registry import ARCHS, ArchSpec, register_arch
+
+    name = "test_tiny_deeplens_resnet"
+    build = functools.partial(deeplens_resnet, stages=((8, 16), (16, 32)), units=1, stem=8, name=name)
+    register_arch(ArchSpec(name, functools.partial(scratch_only, build), 45, 32, "resnet", "tests"))
+    yield name
+    ARCHS.pop(name)

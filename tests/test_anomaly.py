@@ -24,7 +24,8 @@ def test_anomaly_run_scores_every_class(tmp_path, arch):
     assert {"auc_vs_all", "auc_vs_axion", "auc_vs_cdm"} <= set(doc["metrics"])
     exported = tf.saved_model.load(str(run / "export/saved_model"))
     served = exported.serve(tf.constant(np.random.default_rng(0).random((3, 32, 32, 1), np.float32)))
-    assert served.shape == (3,) and np.all(np.asarray(served) >= 0)
+    score = served["anomaly_score"]
+    assert score.shape == (3,) and np.all(np.asarray(score) >= 0)
 
 
 def test_unknown_normal_class(tmp_path, capsys):

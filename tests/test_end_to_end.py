@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from deeplense_tf import evaluate, predict, train
+from deeplense_tf.evaluation.uncertainty import apply_temperature
 
 ARCH = "mobilenet_v3_small"
 COMMON = ["--arch", ARCH, "--samples", "12", "--epochs", "1", "--batch-size", "4", "--workers", "2"]
@@ -61,14 +62,16 @@ def test_saved_model_in_fresh_process_matches_keras(classification_run, tmp_path
     import keras
 
     images = np.random.default_rng(0).random((5, 64, 64, 1)).astype(np.float32) * 10
-    expected = keras.models.load_model(classification_run / "model.keras").predict(images, verbose=0)
+    temperature = json.loads((classification_run / "calibration.json").read_text())["temperature"]
+    raw = keras.models.load_model(classification_run / "model.keras").predict(images, verbose=0)
+    expected = apply_temperature(raw, temperature)  # the export serves calibrated probabilities
     np.save(tmp_path / "x.npy", images)
     script = textwrap.dedent(f"""
         import numpy as np, tensorflow as tf
         m = tf.saved_model.load({str(classification_run / "export/saved_model")!r})
         x = tf.constant(np.load({str(tmp_path / "x.npy")!r}))
-        a, b = m.serve(x).numpy(), m.signatures["serving_default"](images=x)
-        b = list(b.values())[0].numpy()
+        a, b = m.serve(x)["probabilities"].numpy(), m.signatures["serving_default"](images=x)["probabilities"]
+        b = b.numpy()
         assert np.allclose(a, b, atol=1e-6), "two calls differ: augmentation is on in the export"
         np.save({str(tmp_path / "y.npy")!r}, a)
     """)

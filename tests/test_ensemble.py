@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import CLASSES, tiny_images
 from deeplense_tf import ensemble, train
+from deeplense_tf.evaluation.uncertainty import apply_temperature
 from deeplense_tf.training import trainer
 import deeplense_tf.api  # noqa: F401  (registers the layers, schedules and losses for load_model)
 
@@ -63,22 +64,24 @@ def test_writes_metrics_of_members_and_ensemble(ensemble_dir, member_runs):
 def test_ensemble_predictions_are_the_members_mean(ensemble_dir):
     frames = [pd.read_csv(p) for p in sorted((ensemble_dir / "members").glob("*/predictions.csv"))]
     mean = np.mean([f.filter(like="prob_").to_numpy() for f in frames], axis=0)
+    temperature = json.loads((ensemble_dir / "calibration.json").read_text())["temperature"]
     ours = pd.read_csv(ensemble_dir / "predictions.csv").filter(like="prob_").to_numpy()
-    np.testing.assert_allclose(ours, mean, atol=1e-6)
+    np.testing.assert_allclose(ours, apply_temperature(mean, temperature), atol=1e-5)  # calibrated on the val split
 
 
 def test_exported_model_is_the_mean_in_keras_and_plain_tensorflow(ensemble_dir, member_runs, data_dir, tmp_path):
     split = pd.read_csv(member_runs[0] / "split.csv")
     images = np.load(data_dir / "images.npy")[split.loc[split["split"] == "test", "row"].to_numpy(), :, :, None]
-    expected = pd.read_csv(ensemble_dir / "predictions.csv").filter(like="prob_").to_numpy()  # the members' mean
+    expected = pd.read_csv(ensemble_dir / "predictions.csv").filter(like="prob_").to_numpy()  # calibrated mean
+    temperature = json.loads((ensemble_dir / "calibration.json").read_text())["temperature"]
     ours = keras.models.load_model(ensemble_dir / "model.keras", compile=False).predict(images, verbose=0)
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    np.testing.assert_allclose(apply_temperature(ours, temperature), expected, atol=1e-5)
     np.save(tmp_path / "x.npy", images)
     script = textwrap.dedent(f"""
         import numpy as np, tensorflow as tf
         m = tf.saved_model.load({str(ensemble_dir / "export/saved_model")!r})
         x = tf.constant(np.load({str(tmp_path / "x.npy")!r}))
-        a, b = m.serve(x).numpy(), m.serve(x).numpy()
+        a, b = m.serve(x)["probabilities"].numpy(), m.serve(x)["probabilities"].numpy()
         assert np.array_equal(a, b), "two calls differ: augmentation is on in the export"
         np.save({str(tmp_path / "y.npy")!r}, a)
     """)

@@ -4,7 +4,6 @@ and mosaic, example reconstructions.
     python -m pytest -q tests/test_lensfinding_anomaly.py      # ~1-2 min on a loaded 2-core CPU
 """
 
-import functools
 import json
 
 import keras
@@ -19,9 +18,7 @@ from deeplense_tf.config import RunConfig, replace
 from deeplense_tf.data.npy import NpyFileImages
 from deeplense_tf.data.pipeline import balanced_order, class_ids, create_dataset
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.models.convnets import scratch_only
-from deeplense_tf.models.deeplens_resnet import deeplens_resnet
-from deeplense_tf.models.registry import ARCHS, ArchSpec, create_backbone, get_arch, register_arch
+from deeplense_tf.models.registry import create_backbone, get_arch
 
 # 12 images, 2 of class 1: a 1-in-6 imbalance, the lens-finding situation in miniature.
 IMBALANCED = np.array([0] * 5 + [1] + [0] * 5 + [1], np.float32).reshape(-1, 1)
@@ -99,17 +96,6 @@ def test_deeplens_resnet_is_a_46_layer_preactivation_net():
     acts = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Activation)]
     assert {type(a.input._keras_history.operation) for a in acts} == {keras.layers.BatchNormalization}
     assert isinstance(convs[1].input._keras_history.operation, keras.layers.Activation)  # no conv on raw sums
-
-
-@pytest.fixture(scope="module")
-def tiny_deeplens():
-    """The same builder, two narrow stages: a registered architecture that trains in seconds
-    (the full one is built and trained one step by tests/test_zoo_extra.py)."""
-    name = "test_tiny_deeplens_resnet"
-    build = functools.partial(deeplens_resnet, stages=((8, 16), (16, 32)), units=1, stem=8, name=name)
-    register_arch(ArchSpec(name, functools.partial(scratch_only, build), 45, 32, "resnet", "tests"))
-    yield name
-    ARCHS.pop(name)
 
 
 # ---- lens finding: train -> metrics -> ranked candidates -> mosaic ----------------------

@@ -109,9 +109,9 @@ def test_plots_for_task_dispatch(tmp_path, monkeypatch):
     for name in ("regression_plots", "classification_plots", "lens_finding_plots", "anomaly_plots"):
         monkeypatch.setattr(plots, name, lambda *a, _n=name, **k: calls.setdefault(_n, (a, k)) and [])
     plots.plots_for_task("regression", [1.0, 2.0], [1.0, 2.5], tmp_path, label="f_sub")
-    assert calls.pop("regression_plots") == (([1.0, 2.0], [1.0, 2.5], tmp_path), {"label": "f_sub"})
+    assert calls.pop("regression_plots") == (([1.0, 2.0], [1.0, 2.5], tmp_path), {"label": "f_sub", "fmt": "png"})
     plots.plots_for_task("regression", [1.0], [1.0], tmp_path, label=None)  # evaluate may pass None
-    assert calls.pop("regression_plots")[1] == {"label": "log10 m_a [eV]"}
+    assert calls.pop("regression_plots")[1] == {"label": plots.DEFAULT_TARGET_LABEL, "fmt": "png"}
     plots.plots_for_task("classification", [0, 1], [[0.8, 0.2], [0.3, 0.7]], tmp_path)
     a, _ = calls["classification_plots"]
     assert a[2] == ["class_0", "class_1"] and a[3] == tmp_path

@@ -72,7 +72,7 @@ def main(argv: list[str] | None, *, name: str, description: str, make_tuner: Cal
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    prepare_environment()
+    prepare_environment(args.verbose)
     return run_cli(lambda: run_search(args, name, make_tuner))
 
 
@@ -84,13 +84,14 @@ def run_search(args: argparse.Namespace, name: str, make_tuner: Callable[..., An
     import keras_tuner
 
     from deeplense_tf.data.prepare import prepare_data
-    from deeplense_tf.models.registry import check_arch_task
+    from deeplense_tf.models.registry import check_arch_task, check_weights
     from deeplense_tf.training.trainer import set_up
     from tuning.search_space import LensHyperModel
 
     for arch in candidate_values(space["arch"]) or []:
         # A typo fails now, not as failed trials (and before --overwrite deletes anything).
         check_arch_task(arch, base.model.task)
+        check_weights(arch, base.model.weights)
     role = _role()
     out = search_folder(args)
     if role != "worker":

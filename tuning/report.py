@@ -18,7 +18,7 @@ import pandas as pd
 from deeplense_tf import runs
 from deeplense_tf.cli import FLAG_FIELDS
 from deeplense_tf.config import RunConfig
-from tuning.space import DEFAULT_SPACE, to_config
+from tuning.space import DEFAULT_SPACE, to_config, trained_values
 
 TRIALS_DIR = "trials"  # KerasTuner's project folder: one run directory per trial
 TRIAL_INFO = "tuning.json"  # per trial: wall time, memory, which worker ran it
@@ -51,8 +51,9 @@ def _trial_row(run_dir: Path, trial: dict[str, Any], objective: str) -> dict[str
     completed = trial.get("status") == "COMPLETED"
     first_epoch = int(values.get("tuner/initial_epoch", 0))
     epochs = values.get("tuner/epochs")
-    if (run_dir / runs.CONFIG).is_file():
-        epochs = json.loads((run_dir / runs.CONFIG).read_text())["train"]["epochs"]
+    if (run_dir / runs.CONFIG).is_file():  # what the trial trained with, not what the tuner asked for
+        config = json.loads((run_dir / runs.CONFIG).read_text())
+        epochs, values = config["train"]["epochs"], trained_values(values, config)
     return {
         "trial": trial["trial_id"], "status": trial.get("status"),
         objective: trial.get("score") if completed else None,

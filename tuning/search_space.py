@@ -23,7 +23,8 @@ from deeplense_tf.config import RunConfig
 from deeplense_tf.data.prepare import PreparedData, split_table
 from deeplense_tf.errors import UserError
 from deeplense_tf.models.build import create_model
-from tuning.space import INTEGER, candidate_values, to_config
+from deeplense_tf.training.callbacks import hparams_callback
+from tuning.space import INTEGER, candidate_values, to_config, trained_values
 
 
 def declare(hp: keras_tuner.HyperParameters, space: dict[str, dict[str, Any]], task: str) -> dict[str, Any]:
@@ -127,9 +128,8 @@ def write_run_files(run_dir: Path, config: RunConfig, data: PreparedData) -> Non
 
 
 def _hparams_callback(run_dir: Path, hp, trial_id: str, config: RunConfig) -> keras.callbacks.Callback:
-    """TensorBoard HParams session in the run's own log folder: ``tensorboard --logdir OUT/trials``."""
-    from tensorboard.plugins.hparams import api as hparams_api
-
+    """TensorBoard HParams session in the run's own log folder: ``tensorboard --logdir OUT/trials``;
+    the values the trial trains with (a batch size cut to the split is recorded cut)."""
     values = {name: value for name, value in hp.values.items() if not name.startswith("tuner/")}
-    values["epochs"] = config.train.epochs
-    return hparams_api.KerasCallback(str(run_dir / "logs"), values, trial_id=f"trial_{trial_id}")
+    values = {**trained_values(values, config.to_dict()), "epochs": config.train.epochs}
+    return hparams_callback(run_dir / "logs", values, f"trial_{trial_id}")

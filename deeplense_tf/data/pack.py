@@ -17,23 +17,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from deeplense_tf.cli import run_cli
+from deeplense_tf.cli import command_parser, run_cli
 from deeplense_tf.data.shards import write_shards
 from deeplense_tf.data.sources import load_data
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deeplense_tf.data.pack", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m deeplense_tf.data.pack", __doc__)
     p.add_argument("src", help="data to convert (any layout --data accepts; several comma-separated)")
     p.add_argument("dst", type=Path, help="output folder for shards, metadata.csv and pack.json")
     p.add_argument("--shard-size", type=int, help="images per shard (default: about 64 MiB per shard)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the one-time row shuffle (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the one-time row shuffle")
     p.add_argument("--keep-order", action="store_true", help="keep the source's row order instead of shuffling")
     p.add_argument("--allow-pickle", action="store_true", help="read pickled .npy files (runs code from the file)")
     p.add_argument("--label-column", help="catalogue column with the labels (HDF5 / FITS CSV / packed arrays)")
     p.add_argument("--validate", choices=("full", "quick"), default="full",
-                   help="full: check every pixel (default); quick: headers only")
+                   help="full: check every pixel; quick: headers only")
     p.add_argument("--skip-bad", action="store_true", help="leave bad files out (listed in DST/skipped.csv)")
     p.add_argument("--workers", type=int, help="reader threads (default: 2 per core, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in DST")

@@ -242,15 +242,16 @@ def evaluation_splits(strata: np.ndarray, val_fraction: float, test_fraction: fl
     return splits
 
 
-def evaluation_set(config: RunConfig, info: dict, run_dir: Path, data=None, allow_pickle: bool = False):
-    """(images, labels, table, split name) to evaluate a run on: its own test split, rebuilt and
-    checked against its ``split.csv``, or every labelled image of ``data``."""
+def evaluation_set(config: RunConfig, info: dict, run_dir: Path, data=None, allow_pickle: bool = False,
+                   split: str = "test"):
+    """(images, labels, table, split name) to evaluate a run on: its own test (or ``split``) split,
+    rebuilt and checked against its ``split.csv``, or every labelled image of ``data``."""
     if data is not None:
         return (*load_other_data(config, info, data, allow_pickle), "all")
     prepared = prepare_data(config)
     check_split(prepared, Path(run_dir) / "split.csv")
-    idx = prepared.splits["test"]
-    return prepared.images[idx], prepared.y[idx], prepared.table.loc[idx], "test"
+    idx = prepared.splits[split]
+    return prepared.images[idx], prepared.y[idx], prepared.table.loc[idx], split
 
 
 def load_other_data(config: RunConfig, info: dict, data: str, allow_pickle: bool):

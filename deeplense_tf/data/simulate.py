@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from deeplense_tf.cli import command_parser
 from deeplense_tf.data.shards import MANIFEST, part_name, write_shards
 from deeplense_tf.data.sources import load_data
 from deeplense_tf.errors import ConfigError, UserError
@@ -41,7 +42,7 @@ OUT/metadata.csv, OUT/pack.json; with --shard K/N one OUT/part-K-of-N/ per job),
 the fastest input for training: python -m deeplense_tf.train --data OUT.
 
 Example (a SLURM job array of 8 tasks, #SBATCH --array=0-7, filling one folder):
-  python -m deeplense_tf.data.simulate --preset model_ii --n 30000 --seed 0 \\
+  python -m deeplense_tf.data.simulate --preset model_ii --samples 30000 --seed 0 \\
       --out /scratch/model_ii --shard $SLURM_ARRAY_TASK_ID/8
 """
 
@@ -63,7 +64,7 @@ def simulate_packed(preset: str, n_per_class: int, seed: int, out: str | Path, w
     p = check_args(preset, n_per_class, seed, noise, geometry, workers, shard)
     if shard is not None and shard[1] > n_per_class:
         raise ConfigError(f"--format shards needs at least one image per class in every part: --shard K/N with "
-                          f"N <= --n ({n_per_class}); received N={shard[1]}")
+                          f"N <= --samples ({n_per_class}); received N={shard[1]}")
     target = Path(out) if shard is None else Path(out) / part_name(*shard)
     recipe = {"preset": p.name, "n_per_class": int(n_per_class), "seed": int(seed), "noise": noise,
               "geometry": geometry, "shard": list(shard) if shard else None}
@@ -96,29 +97,29 @@ def _ours(name: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m deeplense_tf.data.simulate",
-        description="Simulate strong-lensing images with lenstronomy: the DeepLense substructure classes "
-                    "no_sub / cdm / axion (Models I-III) or lens / non_lens stamps (lens finding).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(
+        "python -m deeplense_tf.data.simulate",
+        "Simulate strong-lensing images with lenstronomy: the DeepLense substructure classes\n"
+        "no_sub / cdm / axion (Models I-III) or lens / non_lens stamps (lens finding).", epilog=EPILOG)
     presets = "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
     ap.add_argument("--preset", required=True, metavar="NAME",
                     help=f"data set recipe. {presets}")
-    ap.add_argument("--n", type=int, required=True, help="number of images per class")
+    ap.add_argument("--samples", "--n", type=int, required=True,
+                    help="images per class (train's --samples; --n is the older spelling)")
     ap.add_argument("--seed", type=int, default=0,
                     help="master seed (non-negative); each image gets its own seed from (seed, class, index)")
     ap.add_argument("--out", required=True, help="output folder (created; an existing run there is resumed)")
     ap.add_argument("--workers", type=int, default=None,
                     help="worker processes (default: all cores); does not change the images")
     ap.add_argument("--noise", choices=NOISE_MODES, default="on",
-                    help="on (default): the preset's noise is added (Models II/III: sky + read-out "
+                    help="on: the preset's noise is added (Models II/III: sky + read-out "
                          "background and Poisson noise of the instrument; Model I: background and photon "
                          "counts). off: noiseless model image (Model I: expected counts). published: "
                          "reproduces the released DeepLense data: for Model II/III twice the noiseless image "
                          "and no noise (the published code computes the noise and never adds it); for "
                          "Model I its doubled Poisson term")
     ap.add_argument("--geometry", choices=GEOMETRIES, default="deeplensesim",
-                    help="deeplensesim (default): Einstein radius from luminosity distances (1.28\" for "
+                    help="deeplensesim: Einstein radius from luminosity distances (1.28\" for "
                          "1e12 Msun) and, in Models II/III, lenstronomy's z_source_convention 2.5, as "
                          "DeepLenseSim did (rings match the released data). physical: angular-diameter "
                          "distances (1.66\") defined at the true source redshift 1.0. "
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the same per-image seeds as the full set; all shards may share one --out, the "
                          "last one to finish joins their metadata into metadata.csv")
     ap.add_argument("--format", choices=FORMATS, default="deeplense",
-                    help="deeplense (default): OUT/<class>/*.npy + metadata.csv, the released data's layout. "
+                    help="deeplense: OUT/<class>/*.npy + metadata.csv, the released data's layout. "
                          "shards: the same images packed as python -m deeplense_tf.data.pack writes them "
                          "(memory-mapped .npy shards, the fastest for training); drawn in OUT/.simulation/ "
                          "first, which is removed once packed")
@@ -142,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         shard = parse_shard(args.shard) if args.shard else None
         start = time.perf_counter()
         make = simulate_packed if args.format == "shards" else simulate
-        out = make(args.preset, args.n, args.seed, args.out, workers=args.workers, noise=args.noise,
+        out = make(args.preset, args.samples, args.seed, args.out, workers=args.workers, noise=args.noise,
                        progress=not args.no_progress, geometry=args.geometry, shard=shard)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    print(f"wrote {args.preset} (n={args.n} per class, seed {args.seed}, {args.format} format) to {out} "
+    print(f"wrote {args.preset} ({args.samples} per class, seed {args.seed}, {args.format} format) to {out} "
           f"in {seconds:.1f} s")
     return 0
 

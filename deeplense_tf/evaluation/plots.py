@@ -1,13 +1,17 @@
 """Evaluation plots for the deeplense_tf tasks (numpy / scikit-learn / matplotlib, Agg).
 
-Each public function writes PNGs (dpi 120) under ``out_dir`` (created if needed) and returns
-the list of paths written. Figures are closed after saving, so long evaluation loops do not
-accumulate memory. Scores are "higher = more lens-like / more anomalous".
+Each public function writes its figures under ``out_dir`` (created if needed) as PNG (300 dpi),
+or PDF / SVG with ``fmt=`` (``--plot-format``), and returns the list of paths written. They are
+drawn for a journal page: one column (3.5 in) or two (7 in) wide, 7-9 pt text, units on every
+axis (``target_label``), legends where they hide no data, the largest errors marked, whole-number
+epochs. Figures are closed after saving, so long evaluation loops do not accumulate memory.
+Scores are "higher = more lens-like / more anomalous".
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,10 +22,12 @@ matplotlib.use("Agg")  # headless: before pyplot is imported
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc as _auc  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from deeplense_tf.evaluation import metrics as _m  # noqa: E402
+from deeplense_tf.evaluation import uncertainty as _u  # noqa: E402
 
 __all__ = [
     "regression_plots",
@@ -33,28 +39,100 @@ __all__ = [
     "training_curves",
     "metric_against_time",
     "plots_for_task",
+    "target_label",
     "TASK_PLOTS",
+    "regression_uncertainty_plots",
+    "reliability_diagram",
 ]
 
-DPI = 120
-DEFAULT_TARGET_LABEL = "log10 m_a [eV]"
+DPI = 300  # PNG at print resolution; PDF and SVG are vector (scatter clouds inside them rasterised at DPI)
+FORMATS = ("png", "pdf", "svg")
+SINGLE, DOUBLE = 3.5, 7.0  # figure widths [in]: one journal column, two columns
+# 8 pt text, 7 pt ticks and legends: what a figure printed at its column width needs. TrueType fonts
+# embedded in PDFs (journals refuse Type 3); SVG text stays text.
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "figure.titlesize": 9, "legend.fontsize": 7,
+         "legend.title_fontsize": 7, "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.2,
+         "axes.linewidth": 0.6, "grid.linewidth": 0.4, "pdf.fonttype": 42, "svg.fonttype": "none"}
+# Axis labels of the regression targets the simulator writes (metadata.csv); others: unit from the suffix.
+TARGET_LABELS = {
+    "log10_axion_mass": r"$\log_{10}\,m_a$ [eV]",
+    "axion_mass_ev": r"$m_a$ [eV]",
+    "vortex_half_length_arcsec": "vortex half-length [arcsec]",
+    "vortex_angle_rad": "vortex angle [rad]",
+    "vortex_mass_msun": r"vortex mass [$M_\odot$]",
+    "subhalo_mass_total": r"total subhalo mass [$M_\odot$]",
+    "n_subhalos": "number of subhaloes",
+    "theta_e_arcsec": r"Einstein radius $\theta_E$ [arcsec]",
+}
+UNIT_SUFFIXES = {"_arcsec": "arcsec", "_ev": "eV", "_msun": r"$M_\odot$", "_rad": "rad", "_mag": "mag", "_s": "s"}
+DEFAULT_TARGET_LABEL = TARGET_LABELS["log10_axion_mass"]
 _COLORS = plt.get_cmap("tab10").colors
 
 
 # --------------------------------------------------------------------------- helpers
+def target_label(target: str | None) -> str:
+    """The axis label, with units, of a regression target column: ``log10_axion_mass`` ->
+    log10 m_a [eV]; a name ending in a unit (``_arcsec``, ``_ev``, ``_msun``...) gets it in
+    brackets; any other name (a label already written with units) is shown as given."""
+    if not target:
+        return DEFAULT_TARGET_LABEL
+    if target in TARGET_LABELS:
+        return TARGET_LABELS[target]
+    for suffix, unit in UNIT_SUFFIXES.items():
+        if target.endswith(suffix) and len(target) > len(suffix):
+            return f"{target[: -len(suffix)].replace('_', ' ')} [{unit}]"
+    return target
+
+
+def _journal(plot: Callable) -> Callable:
+    """Draw inside ``STYLE`` (fonts for a printed column) without changing matplotlib's own settings."""
+
+    @functools.wraps(plot)
+    def styled(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return plot(*args, **kwargs)
+
+    return styled
+
+
 def _out(out_dir) -> Path:
     p = Path(out_dir)
     p.mkdir(parents=True, exist_ok=True)
     return p
 
 
-def _save(fig, out_dir: Path, name: str) -> Path:
-    path = out_dir / name
+def _save(fig, out_dir: Path, name: str, fmt: str | None = None) -> Path:
+    """Write ``name`` under ``out_dir``, as ``fmt`` (png, pdf, svg: the suffix replaced) when given,
+    and close the figure."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"plot format must be one of {FORMATS}. Received: {fmt!r}")
+    path = out_dir / (name if fmt is None else f"{Path(name).stem}.{fmt}")
     try:
         fig.savefig(path, dpi=DPI)  # constrained layout: no second draw for a tight bbox
     finally:
         plt.close(fig)
     return path
+
+
+def _legend_below(fig, ax, ncol: int = 2) -> None:
+    """The axes' legend under the figure, outside the data (constrained layout makes room): for
+    clouds and histograms, whose patches ``loc="best"`` does not see as data."""
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=ncol, frameon=False)
+
+
+def _few_ticks() -> MaxNLocator:
+    """About five ticks at round values: long labels (-23.5) fit a column-wide axis."""
+    return MaxNLocator(5, steps=[1, 2, 2.5, 5, 10])
+
+
+def _largest(residuals: np.ndarray, k: int = 5) -> np.ndarray:
+    """Indices of the ``k`` largest absolute residuals: drawn on top, so no cloud hides them."""
+    return np.argsort(-np.abs(residuals), kind="stable")[: min(k, len(residuals))]
+
+
+def _mark_largest(ax, x, y, worst: np.ndarray) -> None:
+    ax.scatter(x[worst], y[worst], s=22, facecolors="none", edgecolors=_COLORS[3], linewidths=0.8, zorder=4,
+               clip_on=False, label=f"{len(worst)} largest |residual|")
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -70,21 +148,21 @@ def _text_box(ax, text: str, loc: str = "upper left") -> None:
     x, ha = (0.03, "left") if "left" in loc else (0.97, "right")
     y, va = (0.97, "top") if "upper" in loc else (0.03, "bottom")
     ax.text(
-        x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=9, family="monospace",
+        x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=7, family="monospace",
         bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="0.7"),
     )
 
 
 def _scatter_style(n: int) -> dict:
-    """Point size and alpha that keep dense scatter plots readable from 10 to 1e5 points."""
+    """Point size and alpha that keep dense scatter plots readable from 10 to 1e5 points (one column wide)."""
     n = max(n, 1)
-    return dict(s=float(np.clip(8000.0 / n, 4.0, 25.0)), alpha=float(np.clip(800.0 / n, 0.2, 0.8)),
+    return dict(s=float(np.clip(2500.0 / n, 1.5, 12.0)), alpha=float(np.clip(800.0 / n, 0.2, 0.8)),
                 linewidths=0, rasterized=True)
 
 
 def _residual_unit(label: str) -> str:
     """Units of pred - true: dex for a log10 target, else the bracketed unit of the label."""
-    if label.strip().lower().startswith("log"):
+    if "log" in label.split("[")[0].lower():
         return "dex"
     if "[" in label and "]" in label:
         return label[label.index("[") + 1 : label.rindex("]")]
@@ -115,12 +193,14 @@ def _roc_ax(ax, title: str) -> None:
 
 
 # --------------------------------------------------------------------------- regression
-def regression_plots(y_true, y_pred, out_dir, label: str = "log10 m_a [eV]") -> list[Path]:
+@_journal
+def regression_plots(y_true, y_pred, out_dir, label: str = DEFAULT_TARGET_LABEL, fmt: str = "png") -> list[Path]:
     """Predicted vs true (with the identity line), residuals vs true, residual histogram.
 
-    ``label`` names the target with its units; residuals are pred - true in the same units.
+    ``label`` names the target: a column name (``target_label`` adds its units) or a label with
+    units; residuals are pred - true in the same units. The five largest errors are circled.
     """
-    label = str(label) if label else DEFAULT_TARGET_LABEL
+    label = target_label(str(label) if label else None)
     y = _m._as_1d(y_true, "y_true")
     p = _m._as_1d(y_pred, "y_pred")
     _m._same_length(y_true=y, y_pred=p)
@@ -128,72 +208,78 @@ def regression_plots(y_true, y_pred, out_dir, label: str = "log10 m_a [eV]") -> 
     met = _m.regression_metrics(y, p)
     r = p - y
     n = len(y)
+    worst = _largest(r)
     ru = _residual_unit(label)
-    rlabel = f"residual: predicted − true [{ru}]" if ru else "residual: predicted − true"
-    summary = (
-        f"N    = {n}\nMAE  = {_fmt(met['mae'])}\nRMSE = {_fmt(met['rmse'])}\n"
-        f"R²   = {_fmt(met['r2'])}\nbias = {_signed(met['bias'])}\n"
-        f"mean predictor MAE = {_fmt(met['baseline_mae'])}"
-    )
+    rlabel = f"residual, predicted − true [{ru}]" if ru else "residual, predicted − true"
+    summary = (f"MAE {_fmt(met['mae'])}, RMSE {_fmt(met['rmse'])}, R² {_fmt(met['r2'])}, bias {_signed(met['bias'])}\n"
+               f"N = {n}; the mean as prediction: MAE {_fmt(met['baseline_mae'])}")
     paths = []
 
     # predicted vs true
-    fig, ax = plt.subplots(figsize=(6.2, 6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, SINGLE + 0.9), layout="constrained")
     lo = float(min(y.min(), p.min()))
     hi = float(max(y.max(), p.max()))
     pad = 0.04 * (hi - lo or 1.0)
     lo, hi = lo - pad, hi + pad
     ax.scatter(y, p, color=_COLORS[0], label="test items", **_scatter_style(n))
-    ax.plot([lo, hi], [lo, hi], color="k", lw=1.2, label="identity (pred = true)")
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1.0, label="identity")
     b = _binned_quantiles(y, p)
     if b is not None:
         c, q16, q50, q84 = b
-        ax.plot(c, q50, color=_COLORS[3], lw=1.8, label="binned median")
-        ax.fill_between(c, q16, q84, color=_COLORS[3], alpha=0.15, label="binned 16-84 %")
+        ax.plot(c, q50, color=_COLORS[1], lw=1.4, label="binned median")
+        ax.fill_between(c, q16, q84, color=_COLORS[1], alpha=0.2, lw=0, label="binned 16-84 %")
+    _mark_largest(ax, y, p, worst)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(f"predicted {label}")
-    ax.set_title("Predicted vs true")
+    ax.xaxis.set_major_locator(_few_ticks())  # tick labels that do not run into each other
+    ax.yaxis.set_major_locator(_few_ticks())
+    ax.set_title(summary)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    _text_box(ax, summary)
-    paths.append(_save(fig, out, "regression_pred_vs_true.png"))
+    _legend_below(fig, ax)
+    paths.append(_save(fig, out, "regression_pred_vs_true.png", fmt))
 
     # residuals vs true
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, 3.0), layout="constrained")
     ax.scatter(y, r, color=_COLORS[0], label="test items", **_scatter_style(n))
-    ax.axhline(0, color="k", lw=1.2)
+    ax.axhline(0, color="k", lw=1.0)
     if b is not None:
         c, *_ = b
         _, q16, q50, q84 = _binned_quantiles(y, r)
-        ax.plot(c, q50, color=_COLORS[3], lw=1.8, label="binned median")
-        ax.fill_between(c, q16, q84, color=_COLORS[3], alpha=0.15, label="binned 16-84 %")
+        ax.plot(c, q50, color=_COLORS[1], lw=1.4, label="binned median")
+        ax.fill_between(c, q16, q84, color=_COLORS[1], alpha=0.2, lw=0, label="binned 16-84 %")
+    _mark_largest(ax, y, r, worst)
+    span = float(np.abs(r).max()) * 1.08 or 1.0
+    ax.set_ylim(-span, span)  # symmetric: a bias shows as an offset from the middle
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(rlabel)
-    ax.set_title(f"Residuals vs true  (bias {_signed(met['bias'])}, RMSE {_fmt(met['rmse'])} {ru})")
+    ax.xaxis.set_major_locator(_few_ticks())
+    ax.set_title(f"bias {_signed(met['bias'])}, RMSE {_fmt(met['rmse'])}{f' {ru}' if ru else ''}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    paths.append(_save(fig, out, "regression_residuals_vs_true.png"))
+    _legend_below(fig, ax)
+    paths.append(_save(fig, out, "regression_residuals_vs_true.png", fmt))
 
     # residual histogram
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, 2.9), layout="constrained")
     bins = int(np.clip(np.sqrt(n), 10, 60))
-    ax.hist(r, bins=bins, color=_COLORS[0], alpha=0.75, edgecolor="white", linewidth=0.4)
-    ax.axvline(0, color="k", lw=1.2, label="zero")
-    ax.axvline(met["bias"], color=_COLORS[3], lw=1.5, ls="--", label=f"mean {_signed(met['bias'])}")
-    ax.set_xlabel(f"{rlabel}  ({label})")
-    ax.set_ylabel("items")
-    ax.set_title("Residual distribution")
-    ax.legend(loc="upper right", fontsize=8)
-    _text_box(ax, f"std    = {np.std(r):.3f}\nmedian |r| = {_fmt(met['median_abs_error'])}")
-    paths.append(_save(fig, out, "regression_residual_hist.png"))
+    ax.hist(r, bins=bins, color=_COLORS[0], alpha=0.75, edgecolor="white", linewidth=0.3)
+    ax.axvline(0, color="k", lw=1.0, label="zero")
+    ax.axvline(met["bias"], color=_COLORS[1], lw=1.2, ls="--", label=f"mean {_signed(met['bias'])}")
+    ax.plot(r[worst], np.zeros(len(worst)), "|", color=_COLORS[3], ms=12, mew=1.2, clip_on=False,
+            label=f"{len(worst)} largest |residual|")  # single items: invisible as bars of height 1
+    ax.set_xlabel(rlabel)
+    ax.set_ylabel("test items per bin")
+    ax.set_title(f"std {np.std(r):.3f}, median |residual| {_fmt(met['median_abs_error'])}")
+    _legend_below(fig, ax, ncol=3)
+    paths.append(_save(fig, out, "regression_residual_hist.png", fmt))
     return paths
 
 
 # --------------------------------------------------------------------------- classification
-def classification_plots(y_true, probs, class_names: Sequence[str], out_dir) -> list[Path]:
+@_journal
+def classification_plots(y_true, probs, class_names: Sequence[str], out_dir, fmt: str = "png") -> list[Path]:
     """One-vs-rest ROC curve per class (AUC in the legend) and the confusion matrix
     (counts and row-normalised side by side; rows = true class)."""
     names = [str(c) for c in class_names]
@@ -203,7 +289,7 @@ def classification_plots(y_true, probs, class_names: Sequence[str], out_dir) -> 
     out = _out(out_dir)
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6.2, 6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
     for i, name in enumerate(names):
         a = met["per_class_auc"][name]
         yi = (y == i).astype(int)
@@ -211,19 +297,17 @@ def classification_plots(y_true, probs, class_names: Sequence[str], out_dir) -> 
             ax.plot([], [], color=_COLORS[i % 10], label=f"{name}: absent from data")
             continue
         fpr, tpr, _ = roc_curve(yi, P[:, i])
-        ax.plot(fpr, tpr, color=_COLORS[i % 10], lw=1.8, label=f"{name} vs rest: AUC {a:.4f}")
+        ax.plot(fpr, tpr, color=_COLORS[i % 10], lw=1.4, label=f"{name} vs rest: AUC {a:.3f}")
     _roc_ax(ax, "ROC, one-vs-rest")
-    ax.legend(loc="lower right", fontsize=9,
-              title=f"macro AUC  OvR {_fmt(met['roc_auc_macro_ovr'], 4)}  "
-                    f"OvO {_fmt(met['roc_auc_macro_ovo'], 4)}", title_fontsize=9)
-    paths.append(_save(fig, out, "classification_roc.png"))
+    ax.legend(loc="best", title=f"macro AUC: OvR {_fmt(met['roc_auc_macro_ovr'])}, "
+                                f"OvO {_fmt(met['roc_auc_macro_ovo'])}")
+    paths.append(_save(fig, out, "classification_roc.png", fmt))
 
     cm = np.asarray(met["confusion_matrix"], dtype=float)
     cmn = np.asarray(met["confusion_matrix_normalized"], dtype=float)
     k = len(names)
-    side = max(4.2, 0.9 * k + 2.2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.2, side), layout="constrained")
-    for ax, mat, title, fmt, vmax in (
+    fig, axes = plt.subplots(1, 2, figsize=(DOUBLE, min(3.1 + 0.12 * max(0, k - 3), 6.0)), layout="constrained")
+    for ax, mat, title, fmt_cell, vmax in (
         (axes[0], cm, "counts", "{:.0f}", max(cm.max(), 1)),
         (axes[1], cmn, "row-normalised (recall on the diagonal)", "{:.2f}", 1.0),
     ):
@@ -238,15 +322,16 @@ def classification_plots(y_true, probs, class_names: Sequence[str], out_dir) -> 
             for i in range(k):
                 for j in range(k):
                     v = mat[i, j]
-                    ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=10 if k <= 8 else 7,
+                    ax.text(j, i, fmt_cell.format(v), ha="center", va="center", fontsize=8 if k <= 8 else 6,
                             color="white" if v > 0.6 * vmax else "black")
-    fig.suptitle(f"Confusion matrix  (N = {met['n']}, accuracy {met['accuracy']:.3f})")
-    paths.append(_save(fig, out, "classification_confusion.png"))
+    fig.suptitle(f"Confusion matrix (N = {met['n']}, accuracy {met['accuracy']:.3f})")
+    paths.append(_save(fig, out, "classification_confusion.png", fmt))
     return paths
 
 
 # --------------------------------------------------------------------------- lens finding
-def lens_finding_plots(y_true, score, out_dir) -> list[Path]:
+@_journal
+def lens_finding_plots(y_true, score, out_dir, fmt: str = "png") -> list[Path]:
     """ROC (linear and log false-positive rate, TPR0/TPR10 marked), precision-recall curve
     with average precision, and score histograms of lenses vs non-lenses."""
     y = _m._binary_labels(y_true)
@@ -256,22 +341,21 @@ def lens_finding_plots(y_true, score, out_dir) -> list[Path]:
     paths = []
     both = met["n_pos"] > 0 and met["n_neg"] > 0
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(DOUBLE, 3.9), layout="constrained")
     if both:
         fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
         for ax in axes:
-            ax.plot(fpr, tpr, color=_COLORS[0], lw=1.8, label=f"model: AUC {met['auc']:.4f}")
+            ax.plot(fpr, tpr, color=_COLORS[0], lw=1.4, label=f"model: AUC {met['auc']:.4f}")
         for key, k, col in (("tpr0", 1, _COLORS[3]), ("tpr10", 10, _COLORS[2])):
             v = met[key]
             if v is not None and met["n_neg"] >= k:
                 f = (k - 1) / met["n_neg"]
                 lab = f"{key.upper()} = {v:.3f} ({k - 1} false positives)"
-                axes[0].plot([f], [v], "o", color=col, ms=7, zorder=5, label=lab)
+                axes[0].plot([f], [v], "o", color=col, ms=5, zorder=5, label=lab)
                 # FPR 0 has no place on a log axis: TPR0 sits on the left edge
-                axes[1].plot([max(f, 0.5 / met["n_neg"])], [v], "o", color=col, ms=7, zorder=5,
+                axes[1].plot([max(f, 0.5 / met["n_neg"])], [v], "o", color=col, ms=5, zorder=5,
                              clip_on=False, label=lab)
     _roc_ax(axes[0], "ROC")
-    axes[0].legend(loc="lower right", fontsize=8)
     ax = axes[1]
     lo = 0.5 / max(met["n_neg"], 1)
     xs = np.geomspace(lo, 1.0, 200)
@@ -279,31 +363,31 @@ def lens_finding_plots(y_true, score, out_dir) -> list[Path]:
     ax.set_xscale("log")
     ax.set_xlim(lo, 1.0)
     ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("false-positive rate (log)")
+    ax.set_xlabel("false-positive rate (log scale)")
     ax.set_ylabel("true-positive rate")
     ax.set_title("ROC, low false-positive rate")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"Lens finding  (N = {met['n']}: {met['n_pos']} lenses, {met['n_neg']} non-lenses)")
-    paths.append(_save(fig, out, "lens_roc.png"))
+    _legend_below(fig, axes[0], ncol=4)  # one legend for both panels, on neither curve
+    fig.suptitle(f"Lens finding (N = {met['n']}: {met['n_pos']} lenses, {met['n_neg']} non-lenses)")
+    paths.append(_save(fig, out, "lens_roc.png", fmt))
 
-    fig, ax = plt.subplots(figsize=(6.2, 5.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, 3.2), layout="constrained")
     if met["n_pos"]:
         prec, rec, _ = precision_recall_curve(y, s)
-        ax.plot(rec, prec, color=_COLORS[0], lw=1.8, drawstyle="steps-post",
+        ax.plot(rec, prec, color=_COLORS[0], lw=1.4, drawstyle="steps-post",
                 label=f"model: AP {met['average_precision']:.4f}")
         ax.axhline(met["prevalence"], ls="--", color="0.6", lw=1,
                    label=f"random ranking: AP {met['prevalence']:.3f}")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.02)
     ax.set_xlabel("recall (fraction of lenses found)")
-    ax.set_ylabel("precision (fraction of candidates that are lenses)")
+    ax.set_ylabel("precision (lenses among candidates)")
     ax.set_title("Precision-recall")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
-    paths.append(_save(fig, out, "lens_precision_recall.png"))
+    ax.legend(loc="best")
+    paths.append(_save(fig, out, "lens_precision_recall.png", fmt))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, 3.0), layout="constrained")
     prob_like = s.min() >= 0.0 and s.max() <= 1.0
     lo, hi = (0.0, 1.0) if prob_like else (float(s.min()), float(s.max()))
     bins = np.linspace(lo, hi if hi > lo else lo + 1.0, int(np.clip(1.5 * np.sqrt(len(s)), 10, 40)) + 1)
@@ -311,22 +395,19 @@ def lens_finding_plots(y_true, score, out_dir) -> list[Path]:
         v = s[y == lab]
         if v.size:
             ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.35, color=col)
-            ax.hist(v, bins=bins, density=True, histtype="step", lw=1.6, color=col, label=f"{name} (N = {v.size})")
+            ax.hist(v, bins=bins, density=True, histtype="step", lw=1.2, color=col, label=f"{name} (N = {v.size})")
     if prob_like:
         ax.axvline(0.5, color="k", ls=":", lw=1, label="threshold 0.5")
-    ymin, ymax = ax.get_ylim()
-    if len(s) >= 200:  # log scale shows the tails that matter at low false-positive rate
+    heights = np.concatenate([np.histogram(s[y == lab], bins, density=True)[0] for lab in (0, 1) if (y == lab).any()])
+    heights = heights[heights > 0]
+    if heights.size and heights.max() / heights.min() > 30:  # log scale: the tails that matter at low FPR
         ax.set_yscale("log")
-        ymin, ymax = ax.get_ylim()
-        ax.set_ylim(ymin, ymax * 12)  # room for the legend above the bars
-    else:
-        ax.set_ylim(0, ymax * 1.25)
-    ax.set_xlabel("lens score")
+    ax.set_xlabel("lens score (probability)" if prob_like else "lens score")
     ax.set_ylabel("density (each class normalised)")
     ax.set_title("Score distribution")
-    ax.legend(loc="upper center", fontsize=9, ncol=3)
+    _legend_below(fig, ax)
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out, "lens_score_hist.png"))
+    paths.append(_save(fig, out, "lens_score_hist.png", fmt))
     return paths
 
 
@@ -342,9 +423,10 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return (scaled, None) if scaled.shape[-1] == 3 else (scaled[..., 0], "gray")
 
 
+@_journal
 def candidate_mosaic(images, scores, names: Sequence[str], path) -> Path:
     """The ranked lens candidates in a grid, each titled with rank, lens probability and name;
-    multi-band stamps show their first three bands as RGB."""
+    multi-band stamps show their first three bands as RGB. The format is ``path``'s suffix."""
     images = np.asarray(images)
     k = len(images)
     if k == 0 or len(scores) != k or len(names) != k:
@@ -352,7 +434,9 @@ def candidate_mosaic(images, scores, names: Sequence[str], path) -> Path:
                          f"{k} images, {len(scores)} scores, {len(names)} names")
     cols = int(math.ceil(math.sqrt(k)))
     rows = int(math.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False, layout="constrained")
+    side = min(1.6, DOUBLE / cols)  # two columns wide at most
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols, (side + 0.35) * rows), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= k:
@@ -360,15 +444,17 @@ def candidate_mosaic(images, scores, names: Sequence[str], path) -> Path:
         shown, cmap = _display(images[i])
         ax.imshow(shown, cmap=cmap, origin="lower", interpolation="nearest")
         name = str(names[i])
-        ax.set_title(f"#{i + 1}  p={float(scores[i]):.3f}\n{name if len(name) <= 24 else '...' + name[-21:]}",
-                     fontsize=8)
+        ax.set_title(f"#{i + 1}  p={float(scores[i]):.3f}\n{name if len(name) <= 20 else '...' + name[-17:]}",
+                     fontsize=6)
     fig.suptitle(f"Top {k} lens candidates (most lens-like first)")
     path = Path(path)
     return _save(fig, _out(path.parent), path.name)
 
 
 # --------------------------------------------------------------------------- anomaly
-def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str, out_dir) -> list[Path]:
+@_journal
+def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str, out_dir,
+                  fmt: str = "png") -> list[Path]:
     """Anomaly-score histograms per class and ROC of each other class vs the normal class."""
     s = _m._as_1d(scores, "scores")
     labels = np.asarray([str(c) for c in np.asarray(class_names_per_item).reshape(-1)])
@@ -378,7 +464,7 @@ def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str
     out = _out(out_dir)
     paths = []
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, 3.0 + 0.15 * len(classes)), layout="constrained")
     lo, hi = float(s.min()), float(s.max())
     positive = lo > 0 and hi / lo > 30
     bins = np.geomspace(lo, hi, 41) if positive else np.linspace(lo, hi if hi > lo else lo + 1, 41)
@@ -386,19 +472,18 @@ def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str
         v = s[labels == c]
         tag = " (normal)" if c == normal else ""
         # each class normalised to unit total, so classes of different sizes compare
-        ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step", lw=1.8,
+        ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step", lw=1.4,
                 color=_COLORS[i % 10], label=f"{c}{tag}: N = {v.size}, mean {v.mean():.3g}")
     if positive:
         ax.set_xscale("log")
     ax.set_ylabel("fraction of the class per bin")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend
     ax.set_xlabel("anomaly score (higher = more anomalous)")
     ax.set_title(f"Anomaly scores by class (trained on {normal})")
-    ax.legend(fontsize=9)
+    _legend_below(fig, ax, ncol=1)
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out, "anomaly_score_hist.png"))
+    paths.append(_save(fig, out, "anomaly_score_hist.png", fmt))
 
-    fig, ax = plt.subplots(figsize=(6.2, 6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
     is_normal = labels == normal
     if is_normal.any():
         for i, c in enumerate(classes):
@@ -406,16 +491,16 @@ def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str
                 continue
             m = is_normal | (labels == c)
             fpr, tpr, _ = roc_curve((labels[m] == c).astype(int), s[m])
-            ax.plot(fpr, tpr, lw=1.8, color=_COLORS[i % 10],
+            ax.plot(fpr, tpr, lw=1.4, color=_COLORS[i % 10],
                     label=f"{c} vs {normal}: AUC {_fmt(met['per_class_auc'][c], 4)}")
         if len(classes) > 2:
             fpr, tpr, _ = roc_curve((~is_normal).astype(int), s)
-            ax.plot(fpr, tpr, lw=1.5, color="k", ls="-.", label=f"all vs {normal}: AUC {_fmt(met['auc_vs_all'], 4)}")
+            ax.plot(fpr, tpr, lw=1.2, color="k", ls="-.", label=f"all vs {normal}: AUC {_fmt(met['auc_vs_all'], 4)}")
     _roc_ax(ax, f"ROC: anomalous classes vs {normal}")
     ax.set_xlabel(f"false-positive rate ({normal} flagged)")
     ax.set_ylabel("true-positive rate (anomalies flagged)")
-    ax.legend(loc="lower right", fontsize=9)
-    paths.append(_save(fig, out, "anomaly_roc.png"))
+    ax.legend(loc="best")
+    paths.append(_save(fig, out, "anomaly_roc.png", fmt))
     return paths
 
 
@@ -434,8 +519,9 @@ def reconstruction_examples(scores, class_names_per_item: Sequence[str], normal_
     return np.asarray(rows, np.int64)
 
 
+@_journal
 def anomaly_reconstructions(images, reconstructions, scores, class_names_per_item: Sequence[str],
-                            normal_class: str, out_dir) -> list[Path]:
+                            normal_class: str, out_dir, fmt: str = "png") -> list[Path]:
     """One row per image (e.g. picked by ``reconstruction_examples``): input, reconstruction and
     their difference, first band, as the autoencoder sees them (standardised)."""
     x, r = np.asarray(images, np.float32), np.asarray(reconstructions, np.float32)
@@ -445,7 +531,8 @@ def anomaly_reconstructions(images, reconstructions, scores, class_names_per_ite
     if x.shape != r.shape or x.ndim != 4:
         raise ValueError(f"images and reconstructions must both be (N, H, W, C). Received: {x.shape}, {r.shape}")
     rows = list(zip(labels, range(len(x))))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.2, 2.3 * len(rows)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(rows), 3, figsize=(DOUBLE * 0.75, 1.75 * len(rows)), squeeze=False,
+                             layout="constrained")
     for (c, i), (a_in, a_rec, a_res) in zip(rows, axes):
         vmin, vmax = np.percentile(x[i, ..., 0], [1, 99.5])
         residual = x[i, ..., 0] - r[i, ..., 0]
@@ -455,13 +542,13 @@ def anomaly_reconstructions(images, reconstructions, scores, class_names_per_ite
         im = a_res.imshow(residual, cmap="RdBu_r", vmin=-span, vmax=span, origin="lower")
         fig.colorbar(im, ax=a_res, fraction=0.046, pad=0.04)
         tag = " (normal)" if c == normal_class else ""
-        a_in.set_title(f"{c}{tag}: score {s[i]:.3g}", fontsize=9)
-        a_rec.set_title("reconstruction", fontsize=9)
-        a_res.set_title("input - reconstruction", fontsize=9)
+        a_in.set_title(f"{c}{tag}: score {s[i]:.3g}")
+        a_rec.set_title("reconstruction")
+        a_res.set_title("input − reconstruction")
         for ax in (a_in, a_rec, a_res):
             ax.set_axis_off()
     fig.suptitle("Reconstructions (standardised first band; lowest to highest score per class)")
-    return [_save(fig, _out(out_dir), "anomaly_reconstructions.png")]
+    return [_save(fig, _out(out_dir), "anomaly_reconstructions.png", fmt)]
 
 
 # --------------------------------------------------------------------------- training curves
@@ -498,18 +585,20 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
     return data
 
 
-def training_curves(history_csv, out_dir) -> list[Path]:
+@_journal
+def training_curves(history_csv, out_dir, fmt: str = "png") -> list[Path]:
     """Loss and each metric per epoch, train vs validation, from a Keras CSVLogger file.
 
     One panel per quantity (``loss``, ``mae``, ... paired with ``val_*``), the best
     validation epoch marked, and a learning-rate panel (log scale) if it was logged.
-    Epochs are shown 1-based. Writes ``training_curves.png``.
+    Epochs are shown 1-based, on whole-number ticks. Writes ``training_curves.png`` (or ``fmt``).
     """
     path = Path(history_csv)
     data = _read_history(path)
     ep = data["epoch"]
     lr_keys = [c for c in data if c in ("lr", "learning_rate")]
-    base = [c for c in data if c != "epoch" and c not in lr_keys and not c.startswith("val_")]
+    skip = {"epoch", "epoch_seconds", *lr_keys}  # epoch_seconds: a cost, not a training curve
+    base = [c for c in data if c not in skip and not c.startswith("val_")]
     base += [c[4:] for c in data if c.startswith("val_") and c[4:] not in data]  # val-only columns
     base = sorted(dict.fromkeys(base), key=lambda c: (c != "loss", c))
     base = [c for c in base if np.isfinite(data.get(c, data.get("val_" + c))).any()]
@@ -518,13 +607,14 @@ def training_curves(history_csv, out_dir) -> list[Path]:
         raise ValueError(f"training history {path} has no loss or metric columns: {list(data)}")
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(nrow, ncol, figsize=(DOUBLE if ncol > 1 else SINGLE, 2.3 * nrow + 0.3), squeeze=False,
+                             layout="constrained")
     best_ep = None
     if "val_loss" in data and np.isfinite(data["val_loss"]).any():
         best_ep = ep[int(np.nanargmin(data["val_loss"]))]
     for ax, key in zip(axes.flat, panels):
         if key in lr_keys:
-            ax.plot(ep, data[key], color=_COLORS[2], lw=1.8, marker="." if len(ep) < 60 else None)
+            ax.plot(ep, data[key], color=_COLORS[2], lw=1.4, marker="." if len(ep) < 60 else None)
             if np.all(data[key][np.isfinite(data[key])] > 0):
                 ax.set_yscale("log")
             ax.set_title("learning rate")
@@ -533,45 +623,46 @@ def training_curves(history_csv, out_dir) -> list[Path]:
             vals = []
             for col, lab, c in ((key, "train", _COLORS[0]), ("val_" + key, "validation", _COLORS[1])):
                 if col in data:
-                    ax.plot(ep, data[col], color=c, lw=1.8, marker="." if len(ep) < 60 else None, label=lab)
+                    ax.plot(ep, data[col], color=c, lw=1.4, marker="." if len(ep) < 60 else None, label=lab)
                     vals.append(data[col][np.isfinite(data[col])])
             v = np.concatenate(vals) if vals else np.array([])
             if key.endswith("loss") and v.size and v.min() > 0 and v.max() / v.min() > 30:
                 ax.set_yscale("log")
             ax.set_title(key.replace("_", " "))
             ax.set_ylabel(key)
-            ax.legend(fontsize=8)
+            ax.legend(loc="best")
         if best_ep is not None:
             ax.axvline(best_ep, color="0.5", ls=":", lw=1)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    title = f"Training history: {path.parent.name or path.name}  ({len(ep)} epochs)"
+    title = f"Training history: {path.parent.name or path.name} ({len(ep)} epochs)"
     if best_ep is not None:
         title += f"; best val_loss at epoch {int(best_ep)} (dotted)"
     fig.suptitle(title)
-    return [_save(fig, _out(out_dir), "training_curves.png")]
+    return [_save(fig, _out(out_dir), "training_curves.png", fmt)]
 
 
 # --------------------------------------------------------------------------- dispatch
-def _regression(y_true, y_pred, out_dir, class_names=None, label=None, **_):
-    return regression_plots(y_true, y_pred, out_dir, label=label or DEFAULT_TARGET_LABEL)
+def _regression(y_true, y_pred, out_dir, class_names=None, label=None, fmt="png", **_):
+    return regression_plots(y_true, y_pred, out_dir, label=label or DEFAULT_TARGET_LABEL, fmt=fmt)
 
 
-def _classification(y_true, y_pred, out_dir, class_names=None, **_):
+def _classification(y_true, y_pred, out_dir, class_names=None, fmt="png", **_):
     P = np.asarray(y_pred, dtype=float)
     if class_names is None:
         class_names = [f"class_{i}" for i in range(P.shape[-1])]
-    return classification_plots(y_true, P, class_names, out_dir)
+    return classification_plots(y_true, P, class_names, out_dir, fmt=fmt)
 
 
-def _lens_finding(y_true, y_pred, out_dir, class_names=None, **_):
-    return lens_finding_plots(y_true, y_pred, out_dir)
+def _lens_finding(y_true, y_pred, out_dir, class_names=None, fmt="png", **_):
+    return lens_finding_plots(y_true, y_pred, out_dir, fmt=fmt)
 
 
-def _anomaly(y_true, y_pred, out_dir, class_names=None, normal_class="no_sub", **_):
-    return anomaly_plots(y_pred, _m._names_per_item(y_true, class_names), normal_class, out_dir)
+def _anomaly(y_true, y_pred, out_dir, class_names=None, normal_class="no_sub", fmt="png", **_):
+    return anomaly_plots(y_pred, _m._names_per_item(y_true, class_names), normal_class, out_dir, fmt=fmt)
 
 
 TASK_PLOTS: dict[str, Callable[..., list[Path]]] = {
@@ -584,7 +675,7 @@ TASK_PLOTS: dict[str, Callable[..., list[Path]]] = {
 
 def plots_for_task(task: str, y_true, y_pred, out_dir, class_names=None, **kwargs: Any) -> list[Path]:
     """Plots for ``task`` (a key of ``TASK_PLOTS``), arguments as in ``metrics.metrics_for_task``
-    plus ``out_dir``; ``label=`` (regression) and ``normal_class=`` (anomaly) pass through."""
+    plus ``out_dir``; ``label=`` (regression), ``normal_class=`` (anomaly) and ``fmt=`` pass through."""
     try:
         fn = TASK_PLOTS[task]
     except KeyError:
@@ -592,18 +683,158 @@ def plots_for_task(task: str, y_true, y_pred, out_dir, class_names=None, **kwarg
     return fn(y_true, y_pred, out_dir, class_names=class_names, **kwargs)
 
 
+@_journal
 def metric_against_time(rows, path: Path) -> None:
     """The headline metric of every finished seed against its training time, one colour per run."""
     finished = rows[rows["status"] == "finished"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(SINGLE, 2.8))
     for name, group in finished.groupby("name", sort=False):
         ax.scatter(group["train_seconds"].astype(float), group["value"].astype(float), label=f"{name} "
-                   f"({group['metric'].iloc[0]})", s=28)
+                   f"({group['metric'].iloc[0]})", s=16)
     ax.set_xlabel("training time [s]")
-    ax.set_ylabel("test metric (MAE: lower is better; AUC: higher)")
+    ax.set_ylabel("test metric (better: MAE ↓, AUC ↑)")
     ax.grid(alpha=0.3)
     if len(finished):
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, Path(path).parent, Path(path).name)
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+_MAX_ERRORBARS = 1500  # more bars than this hide one another: a random subset is drawn
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _identity_axes(ax, lo: float, hi: float, label: str, title: str) -> None:
+    """Square predicted-vs-true axes over [lo, hi] with the identity line (regression_plots could share it)."""
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1.2, label="identity (pred = true)")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"true {label}")
+    ax.set_ylabel(f"predicted {label}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+
+
+def _errorbar_plot(y, mu, half, bar: str, met: dict, label: str) -> Any:
+    n = len(y)
+    show = np.arange(n)
+    if n > _MAX_ERRORBARS:
+        show = np.sort(np.random.default_rng(0).choice(n, _MAX_ERRORBARS, replace=False))
+    fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
+    lo, hi = float(min(y.min(), mu.min())), float(max(y.max(), mu.max()))
+    pad = 0.04 * (hi - lo or 1.0)
+    ax.errorbar(y[show], mu[show], yerr=half[show], fmt="o", ms=2.5, color=_COLORS[0], elinewidth=0.6,
+                alpha=float(np.clip(300.0 / len(show), 0.25, 0.9)),
+                label=f"{bar} ({len(show)} of {n} items)" if len(show) < n else bar)
+    _identity_axes(ax, lo - pad, hi + pad, label, "Predicted vs true, with 68 % error bars")
+    _text_box(ax, f"N = {n}   NLL = {_fmt(met['nll'])}\ncoverage   raw      calibrated\n"
+                  f"68 %     {_pct(met['coverage_68']):>7}  {_pct(met['coverage_68_calibrated']):>7}\n"
+                  f"95 %     {_pct(met['coverage_95']):>7}  {_pct(met['coverage_95_calibrated']):>7}")
+    return fig
+
+
+def _coverage_plot(y, mu, s, calibration, met: dict) -> Any:
+    fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="ideal (empirical = nominal)")
+    if s is not None:
+        nominal, empirical = _u.calibration_curve(y, mu, s, np.linspace(0.01, 0.99, 99))
+        ax.plot(nominal, empirical, color=_COLORS[0], lw=1.8,
+                label=f"Gaussian, predicted sigma (error {_fmt(met['calibration_error'])})")
+    if calibration is not None:
+        levels = calibration["levels"]
+        hits = [_u.coverage(y, *_u.conformal_interval(mu, s, calibration, v)) for v in levels]
+        ax.plot(levels, hits, "o", ms=7, color=_COLORS[3], label="conformal, calibrated on validation")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("nominal coverage of the central interval")
+    ax.set_ylabel("empirical coverage (fraction of items inside)")
+    ax.set_title(f"Interval coverage (N = {len(y)})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return fig
+
+
+def _normalised_residual_plot(y, mu, s) -> Any:
+    z = (mu - y) / s
+    lim = float(np.clip(np.percentile(np.abs(z), 99.5), 4.0, 10.0))
+    fig, ax = plt.subplots(figsize=(SINGLE, 0.75 * SINGLE), layout="constrained")
+    bins = np.linspace(-lim, lim, int(np.clip(np.sqrt(len(z)), 10, 60)) + 1)
+    ax.hist(np.clip(z, -lim, lim), bins=bins, density=True, color=_COLORS[0], alpha=0.75, edgecolor="white",
+            linewidth=0.4, label=f"items (beyond ±{lim:.1f} piled at the edges)")
+    xs = np.linspace(-lim, lim, 400)
+    ax.plot(xs, np.exp(-0.5 * xs**2) / math.sqrt(2 * math.pi), color="k", lw=1.5, label="unit normal N(0, 1)")
+    ax.set_xlabel("(predicted − true) / sigma")
+    ax.set_ylabel("density")
+    ax.set_title("Residual / sigma against a unit normal")
+    _legend_below(fig, ax)
+    _text_box(ax, f"mean = {_signed(float(z.mean()))}\nstd  = {z.std():.3f}\n"
+                  f"|z| <= 1: {_pct(float(np.mean(np.abs(z) <= 1)))} (68.3 % ideal)")
+    return fig
+
+
+@_journal
+def regression_uncertainty_plots(y, mean, sigma, out_dir, label: str = DEFAULT_TARGET_LABEL,
+                                 calibration: dict | None = None, fmt: str = "png") -> list[Path]:
+    """``pred_vs_true_errorbars.png`` (68 % error bars: the calibrated half-width when ``calibration``
+    (uncertainty.fit_conformal) has the 0.68 level, else sigma), ``coverage.png`` (empirical vs nominal
+    coverage) and ``residual_over_sigma.png`` (against a unit normal; drawn only with a sigma).
+
+    ``sigma`` may be None for a plain model with an absolute calibration.
+    """
+    label = target_label(label)
+    y, mu, s = _u._regression_inputs(y, mean, sigma)
+    has68 = calibration is not None and _u._calibrated_quantile(calibration, 0.68) is not None
+    if s is None and not has68:
+        raise ValueError("regression_uncertainty_plots needs sigma or a calibration with the 0.68 level. "
+                         "Received: sigma=None, calibration levels "
+                         f"{None if calibration is None else calibration['levels']}")
+    unit = _residual_unit(label)
+    if has68:
+        lo, hi = _u.conformal_interval(mu, s, calibration, 0.68)
+        half, bar = (hi - lo) / 2, "calibrated 68 % interval"
+    else:
+        half, bar = s, f"±1 predicted sigma{f' [{unit}]' if unit else ''}"
+    met = _u.regression_uncertainty_metrics(y, mu, s, calibration)
+    out = _out(out_dir)
+    paths = [_save(_errorbar_plot(y, mu, half, bar, met, label), out, "pred_vs_true_errorbars.png", fmt),
+             _save(_coverage_plot(y, mu, s, calibration, met), out, "coverage.png", fmt)]
+    if s is not None:
+        paths.append(_save(_normalised_residual_plot(y, mu, s), out, "residual_over_sigma.png", fmt))
+    return paths
+
+
+@_journal
+def reliability_diagram(y, probs, out_dir, name: str = "reliability.png", probs_calibrated=None,
+                        fmt: str = "png") -> Path:
+    """Accuracy against top-label confidence per bin (ECE in the legend) over the item counts per bin;
+    ``probs_calibrated`` (e.g. temperature-scaled) is drawn beside the raw probabilities."""
+    series = [("raw", probs, _COLORS[0])]
+    if probs_calibrated is not None:
+        series.append(("calibrated", probs_calibrated, _COLORS[3]))
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(SINGLE, 1.2 * SINGLE), height_ratios=[3, 1], sharex=True,
+                                  layout="constrained")
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
+    for lab, P, color in series:
+        t = _u.reliability_table(y, P)
+        conf = np.array([np.nan if v is None else v for v in t["confidence"]])
+        acc = np.array([np.nan if v is None else v for v in t["accuracy"]])
+        ax.plot(conf, acc, "o-", color=color, lw=1.6, ms=5, label=f"{lab}: ECE {t['ece']:.3f}")
+        axc.stairs(t["count"], t["bin_edges"], color=color, lw=1.6, label=lab)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy (fraction correct)")
+    ax.set_title(f"Reliability (N = {t['n']}, {len(t['count'])} equal-width bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    axc.set_xlabel("confidence (top-label probability)")
+    axc.set_ylabel("items")
+    axc.grid(alpha=0.3)
+    return _save(fig, _out(out_dir), name, fmt)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf import runs
-from deeplense_tf.evaluation import metrics, plots
+from deeplense_tf.evaluation import metrics, plots, uncertainty
 from deeplense_tf.models.autoencoders import reconstruction_model
 
 DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
@@ -33,38 +33,85 @@ def predict(model, images: np.ndarray, batch_size: int = 64, tta: bool = False) 
     return np.mean(outputs, axis=0)
 
 
+def regression_outputs(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(mean, sigma)`` of a regression model's outputs: ``(N, 1)`` means, or ``(N, 2)`` ``[mean, sigma]``
+    of ``--uncertainty gaussian`` (sigma None for the first)."""
+    outputs = np.asarray(outputs, np.float64)
+    if outputs.ndim == 2 and outputs.shape[1] == 2:
+        return outputs[:, 0], outputs[:, 1]
+    return outputs.reshape(-1), None
+
+
+def calibrated_probabilities(task: str, outputs: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """Classifier / lens-finder outputs with the run's temperature applied (if it has one)."""
+    probs = outputs if task == "classification" else np.asarray(outputs).reshape(-1)
+    if calibration and calibration.get("temperature"):
+        return uncertainty.apply_temperature(probs, calibration["temperature"])
+    return probs
+
+
 def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: dict, table: pd.DataFrame,
-                         out_dir: Path, header: dict, model=None, images: np.ndarray | None = None) -> dict:
+                         out_dir: Path, header: dict, model=None, images: np.ndarray | None = None,
+                         calibration: dict | None = None, plot_format: str = "png") -> dict:
     """Write metrics.json, predictions.csv and the task's plots; return the metrics document.
 
-    Anomaly runs given their ``model`` and ``images`` also draw example reconstructions.
+    Every headline metric gets a 95 % bootstrap interval (``metrics["ci95"]``); regression adds the
+    quality of its intervals (``metrics["uncertainty"]``), classifiers their calibration error before
+    and after the run's temperature (``metrics["calibration"]``; the metrics are of the calibrated
+    probabilities, which the export serves). Anomaly runs given their ``model`` and ``images`` also
+    draw example reconstructions.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    y_pred = outputs if task == "classification" else outputs.reshape(-1)
+    sigma = None
+    if task == "regression":
+        y_pred, sigma = regression_outputs(outputs)
+    elif task in ("classification", "lens_finding"):
+        y_pred = calibrated_probabilities(task, outputs, calibration)
+    else:
+        y_pred = outputs.reshape(-1)
     extra = {"normal_class": info.get("normal_class", "no_sub")} if task == "anomaly" else {}
-    result = metrics.metrics_for_task(task, y, y_pred, class_names=info["class_names"] or None, **extra)
+    names = info["class_names"] or None
+    result = metrics.metrics_for_task(task, y, y_pred, class_names=names, **extra)
+    result["ci95"] = uncertainty.metric_intervals(task, y, y_pred, class_names=names, **extra)
+    conformal = (calibration or {}).get("conformal")
+    if task == "regression":
+        result["uncertainty"] = uncertainty.regression_uncertainty_metrics(y, y_pred, sigma, conformal)
+    elif task in ("classification", "lens_finding"):
+        raw = outputs if task == "classification" else np.asarray(outputs).reshape(-1)
+        result["calibration"] = {"temperature": (calibration or {}).get("temperature"),
+                                 "ece": uncertainty.expected_calibration_error(y, y_pred),
+                                 "ece_uncalibrated": uncertainty.expected_calibration_error(y, raw)}
     document = {**header, "task": task, "metrics": result}
     runs.write_json(out_dir / "metrics.json", document)
-    predictions_frame(task, y, y_pred, info, table).to_csv(out_dir / "predictions.csv", index=False)
-    plots.plots_for_task(task, y, y_pred, out_dir / "plots", class_names=info["class_names"] or None,
-                         label=info.get("target"), **extra)
+    predictions_frame(task, y, y_pred, info, table, sigma, conformal).to_csv(out_dir / "predictions.csv",
+                                                                             index=False)
+    plot_dir = out_dir / "plots"
+    plots.plots_for_task(task, y, y_pred, plot_dir, class_names=names, label=info.get("target"), fmt=plot_format,
+                         **extra)
+    if task == "regression" and (sigma is not None or conformal):
+        plots.regression_uncertainty_plots(y, y_pred, sigma, plot_dir, label=info.get("target"),
+                                           calibration=conformal, fmt=plot_format)
+    elif task in ("classification", "lens_finding"):
+        plots.reliability_diagram(y, raw, plot_dir, probs_calibrated=y_pred if calibration else None,
+                                  fmt=plot_format)
     if task == "anomaly" and model is not None and images is not None:
         reconstruction_plot(model, images, y_pred, np.asarray(info["class_names"])[y], extra["normal_class"],
-                            out_dir / "plots")
+                            plot_dir, fmt=plot_format)
     return document
 
 
 def reconstruction_plot(model, images, scores: np.ndarray, labels: np.ndarray, normal_class: str,
-                        out_dir: Path, per_class: int = 3) -> list[Path]:
-    """``anomaly_reconstructions.png``: a few images of each class beside their reconstructions."""
+                        out_dir: Path, per_class: int = 3, fmt: str = "png") -> list[Path]:
+    """``anomaly_reconstructions.png`` (or ``fmt``): a few images of each class beside their reconstructions."""
     rows = plots.reconstruction_examples(scores, labels, normal_class, per_class)
     x = np.asarray(images[rows], np.float32)  # lazy image sets read only these rows
     standardised, reconstruction = reconstruction_model(model).predict(x, verbose=0)
     return plots.anomaly_reconstructions(standardised, reconstruction, scores[rows], labels[rows], normal_class,
-                                         out_dir)
+                                         out_dir, fmt=fmt)
 
 
-def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, table: pd.DataFrame) -> pd.DataFrame:
+def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, table: pd.DataFrame,
+                      sigma: np.ndarray | None = None, conformal: dict | None = None) -> pd.DataFrame:
     frame = table[[c for c in ("file", "class") if c in table.columns]].reset_index(drop=True).copy()
     if task == "classification":
         names = np.asarray(info["class_names"])
@@ -76,6 +123,12 @@ def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, 
         target = info.get("target", "target")
         frame[f"true_{target}"] = y
         frame[f"pred_{target}"] = y_pred
+        if sigma is not None:
+            frame[f"sigma_{target}"] = sigma
+        for level in (conformal or {}).get("levels", []):
+            lower, upper = uncertainty.conformal_interval(y_pred, sigma, conformal, level)
+            frame[f"lower{round(level * 100)}_{target}"] = lower
+            frame[f"upper{round(level * 100)}_{target}"] = upper
         if target.startswith("log10_"):
             frame[f"pred_{target[6:]}"] = 10.0 ** y_pred.astype(np.float64)
     elif task == "anomaly":
@@ -88,7 +141,13 @@ def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, 
 
 
 def summary_line(document: dict) -> str:
+    """The headline metrics of a metrics document, each with its 95 % bootstrap interval."""
     keys = ("mae", "rmse", "r2", "accuracy", "roc_auc_macro_ovr", "auc", "tpr0", "tpr10", "average_precision",
             "auc_vs_all")
     found = {k: document["metrics"][k] for k in keys if isinstance(document["metrics"].get(k), (int, float))}
-    return f"{document['task']} on {document['n']} images: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items())
+    intervals = document["metrics"].get("ci95") or {}
+    parts = []
+    for key, value in found.items():
+        low, high = intervals.get(key) or (None, None)
+        parts.append(f"{key} {value:.4f}" + (f" [{low:.4f}, {high:.4f}]" if low is not None else ""))
+    return f"{document['task']} on {document['n']} images (95 % intervals): " + ", ".join(parts)

@@ -127,6 +127,15 @@ def normalize_weights(weights: str | None) -> str | None:
     return path
 
 
+def check_weights(name: str, weights: str | None) -> str | None:
+    """``normalize_weights``, and ``imagenet`` only for an architecture that has ImageNet weights:
+    cheap, so the commands check it before any data are read or simulated."""
+    weights = normalize_weights(weights)
+    if weights == "imagenet":
+        _check_imagenet(get_arch(name), 1)  # the channels are checked once the data are read
+    return weights
+
+
 def input_plan(name: str, image_shape: tuple[int, int, int], weights: str | None = None) -> InputPlan:
     """Backbone input for raw images of ``image_shape``: sides resized up to ``min_size``;
     with ImageNet weights, grey repeated to 3 channels and the weights' input scaling."""
@@ -144,7 +153,9 @@ def input_plan(name: str, image_shape: tuple[int, int, int], weights: str | None
 
 def _check_imagenet(spec: ArchSpec, channels: int) -> None:
     if not spec.has_imagenet:
-        raise ConfigError(f"{spec.name} has no ImageNet weights; use --weights none or a PATH")
+        raise ConfigError(f"{spec.name} has no ImageNet weights: train it from scratch (--weights none), load a "
+                          "weights file (--weights PATH), or pick an architecture with ImageNet weights (--list-archs, "
+                          "column imagenet; e.g. resnet50, efficientnet_b0)")
     if channels not in (1, 3):
         raise ConfigError(
             f"ImageNet weights need 3 channels (or 1, repeated); {spec.name} received "

@@ -1,6 +1,6 @@
 """The lenstronomy simulator of the DeepLense data sets (Models I-III), without pyHalo or TensorFlow.
 
-    python -m deeplense_tf.data.simulate --preset model_ii --n 1000 --seed 0 --out data/model_ii
+    python -m deeplense_tf.data.simulate --preset model_ii --samples 1000 --seed 0 --out data/model_ii
 
 writes ``<out>/<class>/<class>_<index>.npy`` (plain float32 (H, W) arrays, never pickled) and
 ``<out>/metadata.csv`` (one row per image: every sampled parameter, for regression targets).
@@ -104,7 +104,7 @@ def _run_chunk(job: dict) -> list[dict]:
 def check_args(preset, n_per_class, seed, noise, geometry, workers, shard) -> Preset:
     p = get_preset(preset)
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-        raise ConfigError(f"n_per_class (--n) must be a positive integer; received: {n_per_class!r}")
+        raise ConfigError(f"n_per_class (--samples) must be a positive integer; received: {n_per_class!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer; received: {seed!r}")
     if noise not in NOISE_MODES:

@@ -10,6 +10,7 @@ import keras
 
 from deeplense_tf import runs
 from deeplense_tf.errors import UserError
+from deeplense_tf.training.ema import ema_weights
 from deeplense_tf.training.schedules import current_lr
 
 
@@ -33,7 +34,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             self.best is None or self.sign * value < self.sign * self.best)
         if improved:
             self.best = float(value)
-            runs.save_keras_model(self.model, self.run_dir / runs.BEST)
+            with ema_weights(self.model):  # --ema: the averaged weights that scored (ema.py); else as is
+                runs.save_keras_model(self.model, self.run_dir / runs.BEST)
         runs.write_json(self.run_dir / runs.STATE, {
             "epochs_done": epoch + 1, "monitor": self.monitor, "best": self.best,
             "best_epoch": epoch + 1 if improved else _previous_best_epoch(self.run_dir),
@@ -87,3 +89,17 @@ class LogLearningRate(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = current_lr(self.model.optimizer)
+
+
+def hparams_callback(log_dir: Path, values: dict, session: str) -> keras.callbacks.Callback:
+    """A TensorBoard HParams session in a run's ``logs/`` folder (the HParams tab of ``tensorboard
+    --logdir runs``): ``values`` by name, tuples written as text (HParams takes bool, int, float and
+    str). None is left out: a setting that is a number where given (``--ema``, ``--clipnorm``) keeps
+    a numeric column, which one text "None" among the runs would turn into text."""
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    def scalar(value):
+        return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    hparams = {name: scalar(value) for name, value in values.items() if value is not None}
+    return hparams_api.KerasCallback(str(log_dir), hparams, trial_id=session)

@@ -1,10 +1,13 @@
-"""The loss of a run: the task's default, or ``--loss`` (regression) / ``--label-smoothing``."""
+"""The loss of a run: the task's default, or ``--loss`` (regression) / ``--label-smoothing``, or the
+Gaussian likelihood of ``--uncertainty gaussian`` with the metrics of its ``[mean, sigma]`` output."""
 
 from __future__ import annotations
 
+import math
+
 import keras
 
-from deeplense_tf.config import TrainConfig
+from deeplense_tf.config import ModelConfig, TrainConfig
 
 
 @keras.saving.register_keras_serializable(package="deeplense_tf")
@@ -28,6 +31,48 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+class GaussianNLL(keras.losses.Loss):
+    """Negative log-likelihood of the target under N(mean, sigma^2); ``y_pred`` is ``[mean, sigma]``.
+
+    ``beta`` > 0 weights each image's term by sigma^(2 beta), held constant in the gradient
+    (beta-NLL, Seitzer et al. 2022): plain NLL (beta 0) lets the network explain a hard image by a
+    large sigma and stop fitting its mean; beta 0.5 keeps the mean's gradient that of a scaled MSE.
+    """
+
+    def __init__(self, beta: float = 0.5, name: str = "gaussian_nll", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.beta = float(beta)
+
+    def call(self, y_true, y_pred):
+        y = keras.ops.reshape(keras.ops.cast(y_true, y_pred.dtype), (-1,))
+        mean, sigma = y_pred[:, 0], y_pred[:, 1]
+        nll = 0.5 * math.log(2 * math.pi) + keras.ops.log(sigma) + 0.5 * keras.ops.square((y - mean) / sigma)
+        if self.beta:
+            nll = nll * keras.ops.stop_gradient(keras.ops.power(sigma, 2 * self.beta))
+        return nll
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+def absolute_error_of_mean(y_true, y_pred):
+    """|y - mean| of a ``[mean, sigma]`` output: the ``mae`` metric of a Gaussian head."""
+    return keras.ops.abs(keras.ops.reshape(keras.ops.cast(y_true, y_pred.dtype), (-1,)) - y_pred[:, 0])
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+def predicted_sigma(y_true, y_pred):
+    """The sigma of a ``[mean, sigma]`` output: its mean is logged as the ``sigma`` metric."""
+    return y_pred[:, 1]
+
+
+def gaussian_metrics() -> list:
+    return [keras.metrics.MeanMetricWrapper(absolute_error_of_mean, name="mae"),
+            keras.metrics.MeanMetricWrapper(predicted_sigma, name="sigma")]
+
+
 REGRESSION_LOSSES = {
     "mse": lambda: keras.losses.MeanSquaredError(name="mse"),
     "huber": lambda: keras.losses.Huber(delta=1.0, name="huber"),
@@ -35,8 +80,10 @@ REGRESSION_LOSSES = {
 }
 
 
-def task_loss(task_name: str, default, train: TrainConfig):
+def task_loss(task_name: str, default, train: TrainConfig, model: ModelConfig | None = None):
     """What ``model.compile`` gets as ``loss`` for this task and training config."""
+    if task_name == "regression" and model is not None and model.uncertainty == "gaussian":
+        return GaussianNLL()
     if task_name == "regression" and train.loss:
         return REGRESSION_LOSSES[train.loss]()
     if train.label_smoothing and task_name == "classification":

@@ -29,23 +29,26 @@ from deeplense_tf.evaluation.plots import training_curves
 from deeplense_tf.evaluation.report import evaluate_predictions, predict, summary_line
 from deeplense_tf.models.augment import augmenter
 from deeplense_tf.models.build import create_model
-from deeplense_tf.models.export import export_run
-from deeplense_tf.models.registry import check_arch_task, normalize_weights
+from deeplense_tf.models.export import export_metadata, export_run
+from deeplense_tf.models.registry import check_arch_task, check_weights
 from deeplense_tf.tasks import Task, get_task
 from deeplense_tf.training.batchnorm import AverageBatchNormOverReplicas, RecalibrateBatchNorm
-from deeplense_tf.training.callbacks import AtomicCheckpoint, LogEpochTime, LogLearningRate, StopOnNaN
+from deeplense_tf.training.calibrate import calibrate, write_calibration
+from deeplense_tf.training.callbacks import (AtomicCheckpoint, LogEpochTime, LogLearningRate, StopOnNaN,
+                                             hparams_callback)
 from deeplense_tf.training.distributed import (distribute, fit_distributed, is_chief, make_strategy, on_chief,
                                                strategy_share, whole_step_batch, whole_steps)
+from deeplense_tf.training.ema import ValidateWithEMA
 from deeplense_tf.training.finetune import finetune_callbacks, set_finetune_state
-from deeplense_tf.training.losses import task_loss  # also registers the losses a compiled checkpoint names
+from deeplense_tf.training.losses import gaussian_metrics, task_loss  # also registers what checkpoints name
 from deeplense_tf.training.reseed import ReseedRandomLayers
 from deeplense_tf.training.sam import enable_sam
 from deeplense_tf.training.schedules import learning_rate  # also registers the schedules checkpoints name
 
-OPTIMIZER_FACTORIES = {
-    "adam": lambda t, lr, clip: keras.optimizers.Adam(lr, clipnorm=clip),
-    "adamw": lambda t, lr, clip: keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=clip),
-    "sgd": lambda t, lr, clip: keras.optimizers.SGD(lr, momentum=t.momentum, nesterov=True, clipnorm=clip),
+OPTIMIZER_FACTORIES = {  # kw: --ema's use_ema / ema_momentum (ema.py)
+    "adam": lambda t, lr, clip, **kw: keras.optimizers.Adam(lr, clipnorm=clip, **kw),
+    "adamw": lambda t, lr, clip, **kw: keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=clip, **kw),
+    "sgd": lambda t, lr, clip, **kw: keras.optimizers.SGD(lr, momentum=t.momentum, nesterov=True, clipnorm=clip, **kw),
 }
 METRICS = {
     "mae": lambda: keras.metrics.MeanAbsoluteError(name="mae"),
@@ -57,7 +60,7 @@ METRICS = {
 
 def train_run(config: RunConfig) -> Path:
     check_arch_task(config.model.arch, config.model.task)  # a typo fails now, not after minutes of data loading
-    normalize_weights(config.model.weights)
+    check_weights(config.model.arch, config.model.weights)  # imagenet for an arch without it: refused now
     runs.check_room(config.train.out, 0)  # an unwritable --out fails before the data are read or simulated
     strategy = set_up(config.train)
     data = prepare_data(config)
@@ -91,11 +94,11 @@ def write_data_files(run_dir: Path, config: RunConfig, data: PreparedData) -> No
 
 
 def restart_run(run_dir: Path, config: RunConfig) -> Path:
-    """A run stopped before its first checkpoint (a requeued job): start it over in its own folder,
-    from its saved config, on the same split."""
-    print(f"{run_dir} has no complete checkpoint (stopped during its first epoch): starting it over "
-          "from its saved config")
-    for partial in ("history.csv", "logs"):
+    """A run stopped before its first checkpoint (a requeued job), or whose every checkpoint is
+    unreadable: start it over in its own folder, from its saved config, on the same split."""
+    print(f"{run_dir} has no loadable checkpoint (stopped during its first epoch, or every checkpoint "
+          "unreadable): starting it over from its saved config")
+    for partial in ("history.csv", "logs", runs.STATE):  # the state's best value would block a new best.keras
         path = run_dir / partial
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     strategy = set_up(config.train)
@@ -121,18 +124,65 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
         config.save(run_dir / runs.CONFIG)
     for path in runs.remove_stale_temporaries(run_dir):
         print(f"removed {path.relative_to(run_dir)}, left by an interrupted write")
-    if not (run_dir / runs.LAST).is_file() or not (run_dir / runs.STATE).is_file():
+    found = loadable_checkpoint(run_dir)
+    if found is None:
         return restart_run(run_dir, config)
-    done = runs.read_json(run_dir / runs.STATE)["epochs_done"]
+    checkpoint, done = found
     strategy = set_up(config.train)
     data = prepare_data(config)
     check_split(data, run_dir / "split.csv")
-    print(f"resuming {run_dir} after epoch {done} of {config.train.epochs}")
+    print(f"resuming {run_dir} after epoch {done} of {config.train.epochs} from {checkpoint}")
     with strategy.scope():
-        model = keras.models.load_model(run_dir / runs.LAST)
+        model = keras.models.load_model(run_dir / checkpoint)
+        restore_schedule(model, config, steps_per_epoch(config, data))  # --epochs N: over the new length
         enable_sam(model, config.train.sam_rho)  # the train step is not part of the saved model
         set_finetune_state(model, config.model, epoch=done)  # frozen or not, as due at this epoch
     return fit_and_finish(model, config, data, run_dir, initial_epoch=done)
+
+
+def loadable_checkpoint(run_dir: Path) -> tuple[str, int] | None:
+    """The newest whole checkpoint (last, else best) and the epochs it holds, or None.
+
+    An unreadable one (truncated, zero bytes: a full disk, a failed copy) is set aside as
+    ``*.corrupt`` and the run says so; best is checked too, since ``finish`` evaluates it."""
+    state = runs.read_json(run_dir / runs.STATE) if (run_dir / runs.STATE).is_file() else {}
+    found = []
+    for name, key in ((runs.LAST, "epochs_done"), (runs.BEST, "best_epoch")):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        problem = runs.checkpoint_problem(path)
+        if problem:
+            print(f"{name} is unreadable ({problem}): set aside as {runs.set_aside(path).name}")
+        elif state.get(key):
+            found.append((name, int(state[key])))
+    if found and found[0][0] != runs.LAST:
+        print(f"continuing from {found[0][0]}, the newest loadable checkpoint (epoch {found[0][1]})")
+        trim_history(run_dir, found[0][1])
+    return found[0] if found else None
+
+
+def trim_history(run_dir: Path, epochs: int) -> None:
+    """Drop history.csv's rows after ``epochs``: a run continued from an older checkpoint trains
+    those epochs again, and their first rows belong to weights that were set aside."""
+    path = run_dir / "history.csv"
+    if path.is_file():
+        history = pd.read_csv(path)
+        with runs.atomic_path(path, suffix=".csv") as tmp:
+            history[history["epoch"] < epochs].to_csv(tmp, index=False)
+
+
+def restore_schedule(model: keras.Model, config: RunConfig, steps: int) -> None:
+    """The learning-rate schedule over the config's epochs, at the optimiser's saved step.
+
+    ``--resume RUN --epochs N`` changes the length: the cosine (or one-cycle) is recomputed over the
+    new total, so the rate continues where the longer schedule would be at this step (README,
+    "train it longer") instead of staying at the old schedule's 1 % floor. With the same epochs the
+    schedule is the saved one. plateau / constant keep the optimiser's own (maybe reduced) rate."""
+    t = config.train
+    lr = learning_rate(t.schedule, t.lr, steps, t.epochs, t.warmup_epochs)
+    if not isinstance(lr, float):
+        model.optimizer.learning_rate = lr
 
 
 def set_up(train: TrainConfig) -> tf.distribute.Strategy:
@@ -155,19 +205,23 @@ def steps_per_epoch(config: RunConfig, data: PreparedData) -> int:
 def make_optimizer(train: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
     """The run's optimiser with its learning-rate schedule (``steps`` optimiser steps per epoch)."""
     lr = learning_rate(train.schedule, train.lr, steps, train.epochs, train.warmup_epochs)
-    return OPTIMIZER_FACTORIES[train.optimizer](train, lr, train.clipnorm)
+    ema = {"use_ema": True, "ema_momentum": train.ema} if train.ema else {}
+    return OPTIMIZER_FACTORIES[train.optimizer](train, lr, train.clipnorm, **ema)
 
 
 def compile_model(model: keras.Model, config: RunConfig, steps: int = 1) -> None:
     task = get_task(config.model.task)
-    model.compile(optimizer=make_optimizer(config.train, steps), loss=task_loss(task.name, task.loss, config.train),
-                  metrics=[METRICS[name]() for name in task.metrics], jit_compile=config.train.jit_compile)
+    gaussian = task.name == "regression" and config.model.uncertainty == "gaussian"
+    model.compile(optimizer=make_optimizer(config.train, steps),
+                  loss=task_loss(task.name, task.loss, config.train, config.model),
+                  metrics=gaussian_metrics() if gaussian else [METRICS[name]() for name in task.metrics],
+                  jit_compile=config.train.jit_compile)
     enable_sam(model, config.train.sam_rho)
 
 
 def fit_and_finish(model: keras.Model, config: RunConfig, data: PreparedData, run_dir: Path,
                    initial_epoch: int) -> Path:
-    fit_model(model, config, data, run_dir, initial_epoch)
+    fit_model(model, config, data, run_dir, initial_epoch, extra_callbacks=hparams_callbacks(config, run_dir))
     if config.train.strategy == "multiworker":  # evaluation and export on the chief only
         return on_chief(model.distribute_strategy, lambda: finish(config, data, run_dir)) or run_dir
     return finish(config, data, run_dir)
@@ -267,6 +321,7 @@ def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: 
         LogEpochTime(),  # early: the epoch's time includes every callback after it
         ReseedRandomLayers(t.seed),  # epoch e's augmentation and dropout from (seed, e), as on --resume
         nan_guard,
+        *((ValidateWithEMA(),) if t.ema else ()),  # before recalibration: statistics of the averaged weights
         *batch_norm_callbacks(model, config, inputs),  # before the checkpoint: it saves the recalibrated statistics
         LogLearningRate(),  # before CSVLogger and TensorBoard, which write the logs
         AtomicCheckpoint(run_dir, task.monitor, task.monitor_mode, best=best),
@@ -277,6 +332,13 @@ def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: 
         *extra,
     ]
     return callbacks, nan_guard
+
+
+def hparams_callbacks(config: RunConfig, run_dir: Path) -> tuple:
+    """Every config field as a TensorBoard HParams session in the run's logs/ (the chief's only: one
+    writer per run): ``tensorboard --logdir runs`` compares runs in its HParams tab."""
+    values = {name: value for section in config.to_dict().values() for name, value in section.items()}
+    return (hparams_callback(run_dir / "logs", values, run_dir.name),) if is_chief() else ()
 
 
 def batch_norm_callbacks(model: keras.Model, config: RunConfig, inputs: FitInputs) -> tuple:
@@ -332,16 +394,22 @@ def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
     """Evaluate the best checkpoint on the test split, plot the history, export."""
     best = run_dir / (runs.BEST if (run_dir / runs.BEST).is_file() else runs.LAST)
     model = keras.models.load_model(best, compile=False)
+    calibration, features = calibrate(model, config.model.task, data.subset("val"),
+                                      None if data.stream is not None else data.subset("train"),
+                                      config.train.batch_size, config.train.seed)
+    write_calibration(run_dir, calibration, features)
     x_test, y_test = data.subset("test")
     outputs = predict(model, x_test, config.train.batch_size)
-    document = evaluate_predictions(config.model.task, y_test, outputs, data.info(config),
+    info = data.info(config)
+    document = evaluate_predictions(config.model.task, y_test, outputs, info,
                                     data.table.loc[data.splits["test"]], run_dir,
                                     {"run": str(run_dir), "data": data.source, "split": "test",
                                      "tta": False, "n": int(len(y_test)), "checkpoint": best.name},
-                                    model=model, images=x_test)
+                                    model=model, images=x_test, calibration=calibration,
+                                    plot_format=config.train.plot_format)
     if (run_dir / "history.csv").is_file():
-        training_curves(run_dir / "history.csv", run_dir / "plots")
-    paths = export_run(model, run_dir)
+        training_curves(run_dir / "history.csv", run_dir / "plots", fmt=config.train.plot_format)
+    paths = export_run(model, run_dir, export_metadata(info, calibration), features)
     print(summary_line(document))
     print(f"metrics:     {run_dir / 'metrics.json'}\npredictions: {run_dir / 'predictions.csv'}\n"
           f"plots:       {run_dir / 'plots'}\nSavedModel:  {paths['saved_model']}\nKeras model: {paths['keras']}\n"

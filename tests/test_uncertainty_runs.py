@@ -1,0 +1,119 @@
+"""Uncertainty end to end on tiny runs: --uncertainty gaussian, calibration on the validation split,
+metrics with intervals, predict's columns, the ensemble's total sigma, the export read by plain TensorFlow."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from deeplense_tf import ensemble, predict, train
+from deeplense_tf.models.heads import GaussianEnsemble, GaussianOutput
+from deeplense_tf.training.losses import GaussianNLL
+
+COMMON = ["--arch", "mobilenet_v3_small", "--samples", "12", "--epochs", "1", "--batch-size", "4", "--workers", "2"]
+
+
+def _train(out: Path, *flags: str) -> Path:
+    assert train.main([*COMMON, "--out", str(out), *flags]) == 0
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="module")
+def gaussian_run(sim_cache, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("gauss"), "--uncertainty", "gaussian")
+
+
+def test_gaussian_nll_by_hand():
+    y_pred = np.array([[0.0, 1.0], [1.0, 2.0]], np.float32)
+    y = np.array([0.5, -1.0], np.float32)
+    by_hand = np.mean([0.5 * np.log(2 * np.pi) + np.log(s) + 0.5 * ((t - m) / s) ** 2
+                       for t, (m, s) in zip(y, y_pred)])
+    assert float(GaussianNLL(beta=0.0)(y, y_pred)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_gaussian_output_is_physical_mean_and_sigma():
+    layer = GaussianOutput(mean=-23.0, std=0.5)
+    out = np.asarray(layer(np.array([[1.0, np.log(4.0)]], np.float32)))
+    np.testing.assert_allclose(out, [[-22.5, 1.0]], rtol=1e-6)  # sigma = exp(0.5 log 4) x 0.5
+
+
+def test_ensemble_total_sigma_of_known_members():
+    a = keras.ops.convert_to_tensor(np.array([[0.0, 1.0]], np.float32))
+    b = keras.ops.convert_to_tensor(np.array([[2.0, 1.0]], np.float32))
+    np.testing.assert_allclose(np.asarray(GaussianEnsemble()([a, b])), [[1.0, np.sqrt(2.0)]], rtol=1e-6)
+    point = [keras.ops.convert_to_tensor(np.array([[v]], np.float32)) for v in (0.0, 2.0)]
+    np.testing.assert_allclose(np.asarray(GaussianEnsemble()(point)), [[1.0, 1.0]], rtol=1e-6)
+
+
+def test_gaussian_run_reports_intervals(gaussian_run):
+    run = gaussian_run
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["conformal"]["normalised"] and len(calibration["conformal"]["quantiles"]) == 2
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert set(metrics["ci95"]) >= {"mae", "rmse"} and metrics["uncertainty"]["nll"] is not None
+    low, high = metrics["ci95"]["mae"]
+    assert low <= metrics["mae"] <= high
+    frame = pd.read_csv(run / "predictions.csv")
+    assert (frame["sigma_log10_axion_mass"] > 0).all()
+    assert (frame["lower95_log10_axion_mass"] <= frame["lower68_log10_axion_mass"]).all()
+    assert {"coverage.png", "residual_over_sigma.png"} <= {p.name for p in (run / "plots").iterdir()}
+
+
+def test_predict_writes_mean_sigma_interval_and_flags(gaussian_run, sim_cache, tmp_path):
+    run = gaussian_run
+    files = sorted(Path(sim_cache).rglob("axion/*.npy"))[:3]
+    out = tmp_path / "p.csv"
+    assert predict.main(["--model", str(run), *map(str, files), "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    for column in ("log10_axion_mass", "log10_axion_mass_sigma", "log10_axion_mass_lower68", "axion_mass_upper95",
+                   "outside_training_range", "feature_distance", "far_from_training"):
+        assert column in frame, column
+    assert (frame["log10_axion_mass_lower68"] < frame["log10_axion_mass"]).all()
+
+
+@pytest.mark.slow
+def test_ensemble_reports_total_sigma(gaussian_run, tmp_path):
+    """A second member on the same split (same seed), told apart by its dropout."""
+    member = _train(tmp_path / "m2", "--uncertainty", "gaussian", "--dropout", "0.1")
+    out = tmp_path / "ens"
+    assert ensemble.main([str(gaussian_run), str(member), "--out", str(out)]) == 0
+    assert "conformal" in json.loads((out / "calibration.json").read_text())
+    frame = pd.read_csv(out / "predictions.csv")
+    assert (frame["sigma_log10_axion_mass"] > 0).all()
+
+
+def test_export_serves_named_outputs_and_metadata_in_plain_tensorflow(gaussian_run):
+    script = textwrap.dedent(f"""
+        import json, numpy as np, tensorflow as tf
+        m = tf.saved_model.load({str(gaussian_run / "export/saved_model")!r})
+        meta = json.loads(m.metadata().numpy())
+        out = m.serve(tf.zeros([2, *meta["input_shape"]]))
+        print(json.dumps({{"outputs": sorted(out), "meta": meta}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"mean", "sigma", "lower68", "upper95", "feature_distance"} <= set(result["outputs"])
+    meta = result["meta"]
+    assert meta["target"] == "log10_axion_mass" and meta["target_units"] == "log10(m_a / eV)"
+    assert meta["input_shape"] == [64, 64, 1] and "conformal" in meta["calibration"]
+
+
+def test_evaluate_calibrates_a_run_made_before_calibration(gaussian_run, tmp_path):
+    import shutil
+
+    import deeplense_tf.api as dl
+
+    old = shutil.copytree(gaussian_run, tmp_path / "old-run")
+    (old / "calibration.json").unlink()
+    (old / "calibration_features.npz").unlink()
+    document = dl.evaluate(old, verbose=False)
+    assert (old / "calibration.json").is_file()
+    assert document["metrics"]["uncertainty"]["coverage_68_calibrated"] is not None
