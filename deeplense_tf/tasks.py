@@ -23,6 +23,8 @@ import pandas as pd
 from deeplense_tf.errors import ConfigError, DataError
 
 MASS_COLUMNS = ("axion_mass_ev", "axion_mass", "mass")
+# log10 targets derived from a linear column when only that exists (sets simulated before the log10 column)
+LOG10_SOURCES = {"log10_axion_mass": MASS_COLUMNS, "log10_halo_mass": ("main_halo_mass_msun",)}
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,11 @@ def regression_labels(table: pd.DataFrame, target: str) -> TaskLabels:
     values = target_column(table, target)
     keep = np.isfinite(values)
     if not keep.any():
-        raise DataError(f"no image has a finite regression target '{target}'")
+        rows = (f"classes {', '.join(sorted(set(table['class'].astype(str))))}" if "class" in table
+                else f"{len(table)} images")
+        raise DataError(f"regression target '{target}' is undefined (NaN) for every image it would train on "
+                        f"({rows}); choose a --target these images carry, or data whose images carry it (the "
+                        "simulator records f_sub for no_sub and cdm, log10_axion_mass for axion)")
     strata = table["class"].to_numpy()[keep] if "class" in table else np.zeros(int(keep.sum()), int)
     return TaskLabels(values[keep].astype(np.float32), keep, [], strata)
 
@@ -57,17 +63,19 @@ def target_column(table: pd.DataFrame, target: str) -> np.ndarray:
     """The named numeric column; ``log10_*`` is derived from the mass column when only that exists."""
     if target in table.columns:
         return pd.to_numeric(table[target], errors="coerce").to_numpy(np.float64)
-    mass = next((c for c in MASS_COLUMNS if c in table.columns), None)
-    if target == "log10_axion_mass" and mass is not None:
+    mass = next((c for c in LOG10_SOURCES.get(target, ()) if c in table.columns), None)
+    if mass is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log10(pd.to_numeric(table[mass], errors="coerce").to_numpy(np.float64))
     numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
     raise DataError(f"regression target '{target}' is not in the data. Numeric columns: {numeric or 'none'} "
-                    "(choose one with --target)")
+                    "(choose one with --target; a set simulated by an older version lacks the newer columns: "
+                    "simulate it again)")
 
 
 TARGET_UNITS = {"log10_axion_mass": "log10(m_a / eV)", "axion_mass_ev": "eV", "log10_halo_mass": "log10(M / Msun)",
-                "einstein_radius": "arcsec"}
+                "einstein_radius": "arcsec", "theta_e_arcsec": "arcsec", "f_sub": "mass fraction",
+                "log10_vortex_mass": "log10(M / Msun)"}
 
 
 def target_units(target: str) -> str | None:

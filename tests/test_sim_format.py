@@ -76,6 +76,6 @@ def test_shard_parts_joined_equal_one_run(both, tmp_path):
 def test_more_parts_than_images_is_refused(tmp_path):
     from deeplense_tf.data.simulate import simulate_packed
 
-    with pytest.raises(ConfigError, match="N <= --n"):
+    with pytest.raises(ConfigError, match="N <= --samples"):
         simulate_packed("model_ii", 2, 0, tmp_path / "x", shard=(0, 3), progress=False)
     assert not (tmp_path / "x").exists()

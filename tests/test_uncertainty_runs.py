@@ -117,3 +117,11 @@ def test_evaluate_calibrates_a_run_made_before_calibration(gaussian_run, tmp_pat
     document = dl.evaluate(old, verbose=False)
     assert (old / "calibration.json").is_file()
     assert document["metrics"]["uncertainty"]["coverage_68_calibrated"] is not None
+
+
+def test_shift_check_reports_flag_share_and_coverage(gaussian_run):
+    from pipelines.shift_check import markdown, shift_rows
+
+    (row,) = shift_rows(str(gaussian_run), [])
+    assert row["images"] == 2 and 0 <= row["far_from_training"] <= 1 and row["coverage_68"] is not None
+    assert markdown([row]).startswith("| data | images | far_from_training")

@@ -33,8 +33,10 @@ EPILOG = """\
 Output: OUT/<class>/<class>_<index>.npy (float32 (H, W) arrays, (H, W, 4) for
 lens_finding_ground; never pickled) and
 OUT/metadata.csv (one row per image with every sampled parameter: class, axion mass and
-log10 mass, vortex half-length, number and total mass of subhalos, Einstein radius, source
-position/magnitude/size, exposure, seed). Image <index> of a class depends only on
+log10 mass, vortex half-length and mass, number and total mass of subhalos, their mass fraction
+f_sub, main-halo mass log10_halo_mass, Einstein radius, source position/magnitude/size, exposure,
+seed). The presets <model>_halo, <model>_fsub and <model>_vortex draw the main-halo mass, the
+subhalo abundance (cdm only) or the vortex mass over a range (README "Simulated targets"). Image <index> of a class depends only on
 (--seed, class, index): any --workers and any --shard split give the same images.
 An interrupted run resumes when started again with the same arguments.
 --format shards instead writes the project's packed shards (OUT/shard-*.npy,

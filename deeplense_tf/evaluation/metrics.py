@@ -31,6 +31,7 @@ __all__ = [
     "regression_metrics",
     "classification_metrics",
     "lens_finding_metrics",
+    "lens_finding_metrics_by_kind",
     "anomaly_metrics",
     "metrics_for_task",
     "tpr_before_false_positives",
@@ -318,6 +319,35 @@ def lens_finding_metrics(y_true, score) -> dict:
         "recall_at_0.5": _f(tp / n_pos) if n_pos else None,
         "warnings": warnings,
     }
+
+
+# metadata columns that sort the stamps into kinds, and which side of the lens / non-lens split they sort
+LENS_KIND_COLUMNS = {"confuser": "negative", "source_kind": "positive"}
+KIND_METRICS = ("n_pos", "n_neg", "auc", "tpr0", "tpr10", "average_precision")
+
+
+def lens_finding_metrics_by_kind(y_true, score, kinds, side: str = "negative") -> dict:
+    """:func:`lens_finding_metrics` per kind of stamp: ``{kind: {n_pos, n_neg, auc, tpr0, tpr10,
+    average_precision}}``.
+
+    ``side="negative"`` (e.g. the ``confuser`` column): for each kind among the non-lenses, every lens
+    against the non-lenses of that kind, so "spiral" says how well lenses are told from spirals.
+    ``side="positive"`` (``source_kind``): for each kind among the lenses, the lenses of that kind
+    against every non-lens. Kinds are compared as strings (a missing value is ``"nan"``).
+    """
+    if side not in ("negative", "positive"):
+        raise ValueError(f"side must be 'negative' or 'positive'; received: side={side!r}")
+    y = _binary_labels(y_true)
+    s = _as_1d(score, "score")
+    k = np.asarray([str(v) for v in np.asarray(kinds, dtype=object).reshape(-1)])
+    _same_length(y_true=y, score=s, kinds=k)
+    sorted_side = y == (0 if side == "negative" else 1)
+    out = {}
+    for kind in sorted(set(k[sorted_side].tolist())):
+        rows = ~sorted_side | (k == kind)
+        found = lens_finding_metrics(y[rows], s[rows])
+        out[kind] = {key: found[key] for key in KIND_METRICS}
+    return out
 
 
 # --------------------------------------------------------------------------- anomaly

@@ -63,6 +63,11 @@ TARGET_LABELS = {
     "subhalo_mass_total": r"total subhalo mass [$M_\odot$]",
     "n_subhalos": "number of subhaloes",
     "theta_e_arcsec": r"Einstein radius $\theta_E$ [arcsec]",
+    "log10_halo_mass": r"$\log_{10}\,M_{\rm halo}$ [$M_\odot$]",
+    "f_sub": r"subhalo mass fraction $f_{\rm sub}$ (inside $\theta_E$)",
+    "subhalo_abundance": "subhalo abundance (x 25 subhaloes)",
+    "log10_vortex_mass": r"$\log_{10}\,M_{\rm vortex}$ [$M_\odot$]",
+    "vortex_linear_density_msun_per_arcsec": r"vortex linear density [$M_\odot$/arcsec]",
 }
 UNIT_SUFFIXES = {"_arcsec": "arcsec", "_ev": "eV", "_msun": r"$M_\odot$", "_rad": "rad", "_mag": "mag", "_s": "s"}
 DEFAULT_TARGET_LABEL = TARGET_LABELS["log10_axion_mass"]

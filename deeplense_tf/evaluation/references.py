@@ -60,7 +60,8 @@ REFERENCES: tuple[Reference, ...] = tuple(
 )
 # Our simulated presets and the data sets their published figures were measured on.
 PRESET_DATASETS = {"model_i": "model_i", "model_ii": "model_ii", "model_iii": "model_iii",
-                   "lens_finding": "bologna_space", "lens_finding_ground": "bologna_ground"}
+                   "lens_finding": "bologna_space", "lens_finding_ground": "bologna_ground",
+                   "lens_finding_survey": "bologna_space", "lens_finding_ground_survey": "bologna_ground"}
 
 
 def references_for(task: str, dataset: str | None) -> list[Reference]:

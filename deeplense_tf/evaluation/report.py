@@ -18,6 +18,11 @@ from deeplense_tf.evaluation import metrics, plots, uncertainty
 from deeplense_tf.models.autoencoders import reconstruction_model
 
 DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+# simulator metadata copied into predictions.csv, where present, so results can be binned by them
+# Simulated metadata that travel into predictions.csv, so results can be binned by them.
+SIM_COLUMNS = ("theta_e_arcsec", "source_mag", "lensed_snr", "confuser", "source_kind", "seeing_arcsec", "depth_mag",
+               "sky_sigma", "quasar_mag", "confuser_mag", "confuser_radius_arcsec", "n_point_images",
+               "log10_halo_mass", "f_sub", "log10_vortex_mass")
 
 
 def dihedral(images: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -59,7 +64,8 @@ def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: di
     quality of its intervals (``metrics["uncertainty"]``), classifiers their calibration error before
     and after the run's temperature (``metrics["calibration"]``; the metrics are of the calibrated
     probabilities, which the export serves). Anomaly runs given their ``model`` and ``images`` also
-    draw example reconstructions.
+    draw example reconstructions. Lens finding on a ``table`` with the simulator's ``confuser`` /
+    ``source_kind`` columns adds AUC / TPR0 / TPR10 per kind (``metrics["by_confuser"]``, ...).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sigma = None
@@ -72,6 +78,9 @@ def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: di
     extra = {"normal_class": info.get("normal_class", "no_sub")} if task == "anomaly" else {}
     names = info["class_names"] or None
     result = metrics.metrics_for_task(task, y, y_pred, class_names=names, **extra)
+    for column, side in metrics.LENS_KIND_COLUMNS.items():  # simulated survey stamps: AUC per kind
+        if task == "lens_finding" and column in table.columns:
+            result[f"by_{column}"] = metrics.lens_finding_metrics_by_kind(y, y_pred, table[column].to_numpy(), side)
     result["ci95"] = uncertainty.metric_intervals(task, y, y_pred, class_names=names, **extra)
     conformal = (calibration or {}).get("conformal")
     if task == "regression":
@@ -112,7 +121,7 @@ def reconstruction_plot(model, images, scores: np.ndarray, labels: np.ndarray, n
 
 def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, table: pd.DataFrame,
                       sigma: np.ndarray | None = None, conformal: dict | None = None) -> pd.DataFrame:
-    frame = table[[c for c in ("file", "class") if c in table.columns]].reset_index(drop=True).copy()
+    frame = table[[c for c in ("file", "class", *SIM_COLUMNS) if c in table.columns]].reset_index(drop=True).copy()
     if task == "classification":
         names = np.asarray(info["class_names"])
         frame["true"] = names[y]

@@ -14,6 +14,7 @@ Ring check (brightness-weighted radius of the mean max-normalised no_sub image, 
 model_ii 7.48 px with noise "on", "off" and "published" (DeepLenseSim reference sample: 7.50 px);
 model_i 24.99 px "on", 24.99 px "off", 24.98 px "published" (reference: 24.99 px);
 model_iii 9.49 px (no reference). Presets lens_finding / lens_finding_ground: ``lens_finding``;
+their survey variants (confusers, lensed quasars, per-image seeing): ``lens_survey``;
 an endless stream of fresh images for training: ``stream.stream``; the command line:
 ``deeplense_tf/data/simulate.py``. No TensorFlow here (import-linter checks it).
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.sim import lens_finding, physics
+from deeplense_tf.sim import lens_finding, lens_survey, physics
 from deeplense_tf.sim import render as rendering  # `render` is simulate_one's flag
 from deeplense_tf.sim.physics import CLASSES, GEOMETRIES, NOISE_MODES, PRESETS, Preset
 from deeplense_tf.sim.workers import default_workers, pool_context, process_pool
@@ -41,6 +42,10 @@ __all__ = ["PRESETS", "CLASSES", "Preset", "simulate", "cached_simulation", "mer
            "image_rng", "simulate_one"]
 
 MANIFEST = "simulation.json"
+# what draws and renders the images of each Preset.kind
+SIMULATORS = {"deeplense": (physics.draw, rendering.get_renderer),
+              "lens_finding": (lens_finding.draw, lens_finding.get_renderer),
+              "lens_survey": (lens_survey.draw, lens_survey.get_renderer)}
 
 
 def cache_dir() -> Path:
@@ -68,8 +73,7 @@ def simulate_one(preset: str | Preset, cls: str, index: int, seed: int, noise: s
                  geometry: str = "deeplensesim", render: bool = True):
     """Image ``index`` of class ``cls``: (float32 image or None when not ``render``, metadata dict)."""
     p = preset if isinstance(preset, Preset) else get_preset(preset)
-    draw, get_renderer = ((lens_finding.draw, lens_finding.get_renderer) if p.kind == "lens_finding"
-                          else (physics.draw, rendering.get_renderer))
+    draw, get_renderer = SIMULATORS[p.kind]
     rng = image_rng(seed, p.classes.index(cls), index)
     params, meta = draw(p, cls, geometry, rng)
     renderer = get_renderer(p, cls, geometry)

@@ -4,6 +4,7 @@ Presets ``lens_finding`` (1 band, space-like) and ``lens_finding_ground`` (r, i,
 parameter ranges reach small Einstein radii (0.5", 2.5 px on the ground) and faint sources
 (magnitude 25.5 against a magnitude-18 to 21 deflector), so some lenses are hard to see.
 Ground stamps are stored channels-last (H, W, 4). The ``geometry`` option does not apply here.
+The survey-like variants (confusers, lensed quasars, per-image seeing) build on these draws: ``lens_survey``.
 """
 
 from __future__ import annotations
@@ -110,12 +111,18 @@ class LensFindingRenderer:
         return prepared
 
     def render(self, prepared: list[tuple], meta: dict, rng: np.random.Generator, noise: str) -> np.ndarray:
-        bands = []
-        for sim, model, (kwargs_lens, kwargs_source, kwargs_light) in zip(self.sims, self.models, prepared):
-            image = model.image(kwargs_lens, kwargs_source, kwargs_light, None)
-            if noise == "on":
-                image = (image + rng.standard_normal(image.shape) * sim.background_noise
-                         + rng.standard_normal(image.shape) * sim.flux_noise(image))
-            bands.append(image)
-        stack = bands[0] if len(bands) == 1 else np.stack(bands, axis=-1)
-        return stack.astype(np.float32)
+        return stack_bands([(model.image(kwargs_lens, kwargs_source, kwargs_light, None), sim)
+                            for sim, model, (kwargs_lens, kwargs_source, kwargs_light)
+                            in zip(self.sims, self.models, prepared)], rng, noise)
+
+
+def stack_bands(bands: list[tuple], rng: np.random.Generator, noise: str) -> np.ndarray:
+    """(noiseless image, its SimAPI or SingleBand) per band -> float32 (H, W) or (H, W, bands), noise added."""
+    images = []
+    for image, observation in bands:
+        if noise == "on":
+            image = (image + rng.standard_normal(image.shape) * observation.background_noise
+                     + rng.standard_normal(image.shape) * observation.flux_noise(image))
+        images.append(image)
+    stack = images[0] if len(images) == 1 else np.stack(images, axis=-1)
+    return stack.astype(np.float32)

@@ -88,8 +88,8 @@ class PointMasses:
 def group_point_masses(kwargs_lens: list[dict]) -> list[dict]:
     """[SIE, SHEAR, point mass, point mass, ...] -> [SIE, SHEAR, {arrays of all point masses}]."""
     main, points = kwargs_lens[:2], kwargs_lens[2:]
-    if not points:
-        return list(main)
+    if not points:  # a cdm image whose drawn subhalo count is 0 (presets with subhalo_abundance)
+        return [*main, {name: np.zeros(0) for name in PointMasses.param_names}]
     return [*main, {name: np.array([k[name] for k in points]) for name in PointMasses.param_names}]
 
 
@@ -112,7 +112,7 @@ class Renderer:
     def __init__(self, preset: Preset, cls: str, geometry: str, grouped: bool = True):
         """``grouped``: all point masses as one ``PointMasses`` profile (the fast default);
         False, or a lenstronomy whose layout is not the expected one: one ``POINT_MASS`` each."""
-        self.preset = preset
+        self.preset, self.geometry = preset, geometry
         n_points = {"no_sub": 0, "cdm": N_SUBHALOS, "axion": VORTEX_POINTS}[cls]
         self.grouped = False
         if grouped and n_points:
@@ -175,6 +175,8 @@ class Renderer:
         kwargs_lens, source = params
         if self.grouped:
             kwargs_lens = group_point_masses(kwargs_lens)
+        elif len(kwargs_lens) != len(self.lens_models):  # one POINT_MASS each, and this image's count differs
+            self._build(self.geometry, ["SIE", "SHEAR"] + ["POINT_MASS"] * (len(kwargs_lens) - 2))
         if self.sim is None:
             return kwargs_lens, [source]
         _, kwargs_source, _ = self.sim.magnitude2amplitude(None, [source])
