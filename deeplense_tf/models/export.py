@@ -85,7 +85,7 @@ def export_saved_model(model: keras.Model, path: str | Path, metadata: dict | No
     def serve(images):
         named = named_outputs(task, model(images, training=False), calibration)
         if extract is not None:
-            centred = extract(images, training=False) - mean
+            centred = tf.cast(extract(images, training=False), tf.float32) - mean  # bfloat16 under mixed precision
             named["feature_distance"] = tf.sqrt(tf.maximum(
                 tf.reduce_sum(tf.matmul(centred, precision) * centred, axis=-1), 0.0))
         return named
