@@ -224,6 +224,7 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
             "data": data if isinstance(data, str) else ",".join(data), "samples": config["data"]["samples"],
             "seed": config["train"]["seed"], "epochs": f"{done}/{config['train']['epochs']}", "status": status,
             "metric": metric, "value": metrics.get("metrics", {}).get(metric),
+            "ci95": (metrics.get("metrics", {}).get("ci95") or {}).get(metric),
             "n_test": metrics.get("n"), "train_seconds": seconds}
 
 

@@ -58,6 +58,7 @@ def test_tiny_study_runs_then_skips_resumes_and_restarts(tmp_path, sim_cache, ca
     board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
     assert board.loc["reg", "seeds"] == 2 and board.loc["reg", "std"] >= 0 and "cls" not in board.index
     assert board.loc["reg", "metric"] == "mae" and board.loc["reg", "train_seconds"] > 0
+    assert board.loc["reg", "ci95_low"] < board.loc["reg", "mean"] < board.loc["reg", "ci95_high"]  # every seed's
     assert "Published, regression on model_ii (not comparable" in (folder / "leaderboard.md").read_text()
     assert (folder / "leaderboard.png").is_file()
 

@@ -19,8 +19,8 @@ from deeplense_tf import runs
 from deeplense_tf.evaluation.plots import metric_against_time
 from deeplense_tf.evaluation.references import PRESET_DATASETS, references_for
 
-COLUMNS = ["run", "task", "arch", "data", "samples", "epochs", "seeds", "metric", "mean", "std", "train_seconds",
-           "images_per_second", "failed_or_unfinished"]
+COLUMNS = ["run", "task", "arch", "data", "samples", "epochs", "seeds", "metric", "mean", "std", "ci95_low",
+           "ci95_high", "train_seconds", "images_per_second", "failed_or_unfinished"]
 
 
 def seed_rows(folder: Path) -> pd.DataFrame:
@@ -57,6 +57,7 @@ def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
             "samples": first["samples"], "epochs": first["epochs"].split("/")[1], "seeds": len(finished),
             "metric": first["metric"], "mean": values.mean() if len(values) else np.nan,
             "std": values.std(ddof=1) if len(values) > 1 else np.nan,
+            **interval_over_seeds(finished),
             "train_seconds": finished["train_seconds"].astype(float).mean() if len(finished) else np.nan,
             "images_per_second": finished["images_per_second"].astype(float).mean() if len(finished) else np.nan,
             "failed_or_unfinished": len(group) - len(finished),
@@ -64,12 +65,24 @@ def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table, columns=COLUMNS)
 
 
+def interval_over_seeds(finished: pd.DataFrame) -> dict:
+    """The 95 % bootstrap interval over test images (``metrics.json``), widened to hold every seed's."""
+    bounds = [b for b in finished.get("ci95", pd.Series(dtype=object)) if isinstance(b, (list, tuple))
+              and None not in b]
+    if not bounds:
+        return {"ci95_low": np.nan, "ci95_high": np.nan}
+    return {"ci95_low": min(b[0] for b in bounds), "ci95_high": max(b[1] for b in bounds)}
+
+
 def markdown(table: pd.DataFrame, title: str) -> str:
-    lines = [f"# {title}", "", "| run | task | arch | data | epochs | seeds | metric | mean | std | train s | img/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# {title}", "", "95 % interval: bootstrap over the test images (the widest over seeds).", "",
+             "| run | task | arch | data | epochs | seeds | metric | mean | 95 % interval | std | train s | img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
+        interval = f"[{_num(r.ci95_low)}, {_num(r.ci95_high)}]" if r.ci95_low == r.ci95_low else ""
         lines.append(f"| {r.run} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | {r.metric} | "
-                     f"{_num(r.mean)} | {_num(r.std)} | {_num(r.train_seconds, 0)} | {_num(r.images_per_second, 0)} |")
+                     f"{_num(r.mean)} | {interval} | {_num(r.std)} | {_num(r.train_seconds, 0)} | "
+                     f"{_num(r.images_per_second, 0)} |")
     seen = set()
     for r in table.itertuples():
         dataset, comparable = dataset_of(r.data)
