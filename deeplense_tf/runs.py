@@ -216,7 +216,8 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     state = read_json(run_dir / STATE) if (run_dir / STATE).is_file() else {}
     metric, _ = HEADLINE[task]
     metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else pd.DataFrame()
+    history_csv = run_dir / "history.csv"  # empty for a run stopped in its first epoch
+    history = pd.read_csv(history_csv) if history_csv.is_file() and history_csv.stat().st_size else pd.DataFrame()
     seconds = float(history["epoch_seconds"].sum()) if "epoch_seconds" in history else None
     done = int(state.get("epochs_done", 0))
     status = "finished" if metrics else ("interrupted" if done else "not started")

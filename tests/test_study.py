@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from deeplense_tf import runs, study
+from deeplense_tf.config import RunConfig
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.sim.generate import parse_recipe
 
@@ -80,3 +81,13 @@ def test_tiny_study_runs_then_skips_resumes_and_restarts(tmp_path, sim_cache, ca
     write_study(path, {**TINY, "defaults": {**TINY["defaults"], "epochs": 2}})
     assert study.main([str(path), "--out", str(out), "--only", "reg"]) == 0
     assert "was started with other settings" in capsys.readouterr().err
+
+
+def test_run_stopped_in_its_first_epoch_is_listed(tmp_path):
+    """Its history.csv is still empty: the runs table and the leaderboard list it as not started."""
+    run = tmp_path / "study" / "reg" / "seed0" / "resnet18-regression-x"
+    (run / "checkpoints").mkdir(parents=True)
+    RunConfig().save(run / "config.json")
+    (run / "history.csv").write_text("")
+    (row,) = runs.run_table(tmp_path / "study").to_dict("records")
+    assert row["status"] == "not started" and row["train_seconds"] is None
