@@ -720,6 +720,8 @@ def _identity_axes(ax, lo: float, hi: float, label: str, title: str) -> None:
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
+    ax.xaxis.set_major_locator(_few_ticks())
+    ax.yaxis.set_major_locator(_few_ticks())
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(f"predicted {label}")
     ax.set_title(title)
@@ -739,9 +741,13 @@ def _errorbar_plot(y, mu, half, bar: str, met: dict, label: str) -> Any:
                 alpha=float(np.clip(300.0 / len(show), 0.25, 0.9)),
                 label=f"{bar} ({len(show)} of {n} items)" if len(show) < n else bar)
     _identity_axes(ax, lo - pad, hi + pad, label, "Predicted vs true, with 68 % error bars")
-    _text_box(ax, f"N = {n}   NLL = {_fmt(met['nll'])}\ncoverage   raw      calibrated\n"
-                  f"68 %     {_pct(met['coverage_68']):>7}  {_pct(met['coverage_68_calibrated']):>7}\n"
-                  f"95 %     {_pct(met['coverage_95']):>7}  {_pct(met['coverage_95_calibrated']):>7}")
+    if met["nll"] is None:  # a point-estimate model: calibrated intervals only
+        _text_box(ax, f"N = {n}\ncoverage of the calibrated\n68 % interval {_pct(met['coverage_68_calibrated'])}\n"
+                      f"95 % interval {_pct(met['coverage_95_calibrated'])}")
+    else:
+        _text_box(ax, f"N = {n}   NLL = {_fmt(met['nll'])}\ncoverage   raw      calibrated\n"
+                      f"68 %     {_pct(met['coverage_68']):>7}  {_pct(met['coverage_68_calibrated']):>7}\n"
+                      f"95 %     {_pct(met['coverage_95']):>7}  {_pct(met['coverage_95_calibrated']):>7}")
     return fig
 
 
