@@ -39,6 +39,7 @@ def _tf_config(index: int, ports: list[int], chief: bool = False) -> str:
     return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
 
 
+@pytest.mark.slow  # 80 s on 2 idle cores: the default suite keeps the mirrored and one-device runs
 def test_two_workers_train_in_step_and_only_the_chief_writes(sim_cache, tmp_path):
     from deeplense_tf.data.prepare import prepare_data
 

@@ -29,17 +29,22 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = logs.get(self.monitor)
+        previous_best_epoch = _previous_best_epoch(self.run_dir)
         runs.save_keras_model(self.model, self.run_dir / runs.LAST)
+        # state.json follows last.keras at once: a kill while best.keras is written must not leave the
+        # state an epoch behind the weights (the resumed run would repeat an epoch at a later rate).
+        self._write_state(epoch, previous_best_epoch)
         improved = value is not None and math.isfinite(value) and (
             self.best is None or self.sign * value < self.sign * self.best)
         if improved:
             self.best = float(value)
             with ema_weights(self.model):  # --ema: the averaged weights that scored (ema.py); else as is
                 runs.save_keras_model(self.model, self.run_dir / runs.BEST)
-        runs.write_json(self.run_dir / runs.STATE, {
-            "epochs_done": epoch + 1, "monitor": self.monitor, "best": self.best,
-            "best_epoch": epoch + 1 if improved else _previous_best_epoch(self.run_dir),
-        })
+            self._write_state(epoch, epoch + 1)
+
+    def _write_state(self, epoch: int, best_epoch) -> None:
+        runs.write_json(self.run_dir / runs.STATE, {"epochs_done": epoch + 1, "monitor": self.monitor,
+                                                    "best": self.best, "best_epoch": best_epoch})
 
 
 def _previous_best_epoch(run_dir: Path):
