@@ -128,6 +128,7 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
     if found is None:
         return restart_run(run_dir, config)
     checkpoint, done = found
+    trim_history(run_dir, done)  # rows of an epoch killed after its history row, before its checkpoint
     strategy = set_up(config.train)
     data = prepare_data(config)
     check_split(data, run_dir / "split.csv")
@@ -166,7 +167,7 @@ def trim_history(run_dir: Path, epochs: int) -> None:
     """Drop history.csv's rows after ``epochs``: a run continued from an older checkpoint trains
     those epochs again, and their first rows belong to weights that were set aside."""
     path = run_dir / "history.csv"
-    if path.is_file():
+    if path.is_file() and path.stat().st_size:
         history = pd.read_csv(path)
         with runs.atomic_path(path, suffix=".csv") as tmp:
             history[history["epoch"] < epochs].to_csv(tmp, index=False)
@@ -324,8 +325,10 @@ def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: 
         *((ValidateWithEMA(),) if t.ema else ()),  # before recalibration: statistics of the averaged weights
         *batch_norm_callbacks(model, config, inputs),  # before the checkpoint: it saves the recalibrated statistics
         LogLearningRate(),  # before CSVLogger and TensorBoard, which write the logs
-        AtomicCheckpoint(run_dir, task.monitor, task.monitor_mode, best=best),
+        # the history row before the checkpoint: a kill between them leaves a row that --resume trims
+        # (trim_history), never a checkpoint whose epoch has no row
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=initial_epoch > 0),
+        AtomicCheckpoint(run_dir, task.monitor, task.monitor_mode, best=best),
         *schedule_callbacks(t, task),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch"),
         *finetune_callbacks(config.model),  # --unfreeze-at
