@@ -29,7 +29,7 @@ import pandas as pd
 
 from deeplense_tf import runs
 from deeplense_tf.cli import DEFAULT_ANOMALY_ARCH, FLAG_FIELDS, prepare_environment
-from deeplense_tf.config import ModelConfig, RunConfig, replace
+from deeplense_tf.config import ModelConfig, RunConfig, replace, with_arch_defaults
 from deeplense_tf.data.index import DataIndex
 from deeplense_tf.data.prepare import evaluation_set
 from deeplense_tf.data.sources import load_data as _load_data
@@ -150,7 +150,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
             raise ConfigError(f"train(resume=...) continues a run with its saved config; only epochs may be given. "
                               f"Received: {', '.join(unknown) or 'config'}")
         return load_run(resume_run(Path(resume), epochs=options.get("epochs")))
-    config = config or RunConfig()
+    given_config, config = config, config or RunConfig()
     changes: dict[str, dict] = {section: {} for section in FLAG_FIELDS}
     for key, value in options.items():
         section = next((s for s, names in FLAG_FIELDS.items() if key in names), None)
@@ -163,6 +163,8 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
         changes[section][key] = tuple(value) if isinstance(value, list) else value
     if changes["model"].get("task") == "anomaly" and "arch" not in changes["model"]:
         changes["model"]["arch"] = DEFAULT_ANOMALY_ARCH
+    if given_config is None:  # a config object states every field: it wins over the architecture's defaults
+        changes = with_arch_defaults(changes, config)
     config = replace(config, **{k: v for k, v in changes.items() if v})
     return load_run(train_run(config))
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from deeplense_tf.config import (CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, PLOT_FORMATS, SCHEDULES,
                                  STRATEGIES, TASKS, UNCERTAINTIES, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig,
-                                 TrainConfig, replace)
+                                 TrainConfig, arch_train_defaults, replace, with_arch_defaults)
 from deeplense_tf.errors import UserError
 from deeplense_tf.version import __version__
 
@@ -110,7 +110,8 @@ def add_optimisation_flags(opt) -> None:
     opt.add_argument("--batch-size", type=int, help=f"images per optimiser step, all GPUs and workers together "
                      f"(default {t.batch_size})")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {t.optimizer}); sgd uses Nesterov momentum (--momentum)")
-    opt.add_argument("--lr", type=float, help=f"peak learning rate (default {t.lr})")
+    opt.add_argument("--lr", type=float, help=f"peak learning rate (default {t.lr}; "
+                     f"{arch_train_defaults('efficientnet_b0', None)['lr']} for efficientnet_b0..b7 from scratch)")
     opt.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {t.weight_decay})")
     opt.add_argument("--schedule", choices=SCHEDULES,
                      help=f"learning-rate schedule (default {t.schedule}: linear warm-up then cosine to 1%%); onecycle; "
@@ -216,6 +217,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         changes["model"]["weights"] = None
     if changes["model"].get("task") == "anomaly" and "arch" not in changes["model"]:
         changes["model"]["arch"] = DEFAULT_ANOMALY_ARCH
+    if not args.config:  # a config file states every field: it wins over the architecture's defaults
+        changes = with_arch_defaults(changes, base)
     return replace(base, **{k: v for k, v in changes.items() if v})
 
 

@@ -8,6 +8,7 @@ unknown keys (a typo in a hand-edited config must not be silently ignored).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,33 @@ class ModelConfig:
     # Flips / rotations in the tf.data pipeline on the CPU instead of in the model (for comparison:
     # BENCHMARKS.md "Input pipeline"); shift and noise stay model-only.
     augment_in_pipeline: bool = False
+
+
+# Training defaults an architecture needs when it trains from scratch, over TrainConfig's own: they
+# apply where neither a flag nor a --config file sets the field. EfficientNet V1 at 64 px learnt
+# faster at a 3x higher peak rate (BENCHMARKS.md, "EfficientNet at 64 px").
+ARCH_TRAIN_DEFAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("efficientnet_b[0-7]", {"lr": 3e-3}),
+)
+
+
+def arch_train_defaults(arch: str, weights: str | None) -> dict[str, Any]:
+    """The ``TrainConfig`` fields ``ARCH_TRAIN_DEFAULTS`` sets for ``arch`` (none with pretrained weights)."""
+    if weights not in (None, "none", ""):
+        return {}
+    values: dict[str, Any] = {}
+    for pattern, fields in ARCH_TRAIN_DEFAULTS:
+        if fnmatch.fnmatchcase(str(arch), pattern):
+            values.update(fields)
+    return values
+
+
+def with_arch_defaults(changes: dict[str, dict], base: "RunConfig") -> dict[str, dict]:
+    """``changes`` (section -> field -> value, the settings a user gave) with the architecture's
+    training defaults added for the train fields it leaves unset."""
+    model = {**dataclasses.asdict(base.model), **changes.get("model", {})}
+    train = {**arch_train_defaults(model["arch"], model["weights"]), **changes.get("train", {})}
+    return {**changes, "train": train}
 
 
 @dataclass(frozen=True)

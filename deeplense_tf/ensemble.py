@@ -54,6 +54,8 @@ SHARED = (
     ("regression target", lambda m: m.info.get("target") if m.config.model.task == "regression" else None),
     ("normal class", lambda m: m.info.get("normal_class") if m.config.model.task == "anomaly" else None),
     ("input shape (H, W, C)", lambda m: list(m.info["input_shape"])),
+    # A member without its own sigma would enter the total sigma as perfectly certain.
+    ("--uncertainty", lambda m: m.config.model.uncertainty if m.config.model.task == "regression" else None),
 )
 
 
@@ -118,9 +120,7 @@ def combine(task: str, outputs: list[np.ndarray]) -> np.ndarray:
     from deeplense_tf.evaluation.uncertainty import ensemble_gaussian
 
     parts = [regression_outputs(o) for o in outputs]
-    sigmas = None if any(s is None for _, s in parts) else np.stack([s for _, s in parts])
-    if sigmas is None and any(s is not None for _, s in parts):
-        sigmas = np.stack([np.zeros_like(m) if s is None else s for m, s in parts])
+    sigmas = None if parts[0][1] is None else np.stack([s for _, s in parts])  # check_compatible: all or none
     mean, total, _ = ensemble_gaussian(np.stack([m for m, _ in parts]), sigmas)
     return np.stack([mean, total], axis=-1)
 

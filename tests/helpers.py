@@ -6,6 +6,8 @@ import keras
 import numpy as np
 
 CLASSES = ("axion", "cdm", "no_sub")
+# A tiny run on the cached simulated Model II set (conftest's sim_cache): 12 images per class, batch 4.
+TINY_SIM_FLAGS = ("--arch", "mobilenet_v3_small", "--samples", "12", "--batch-size", "4", "--workers", "2")
 
 
 def tiny_images(n: int = 4, size: int = 32, channels: int | None = None, seed: int = 0) -> np.ndarray:
@@ -47,3 +49,12 @@ def assert_config_roundtrip(layer: keras.layers.Layer) -> None:
     """get_config -> from_config -> get_config gives the same dict (keras-hub's discipline)."""
     config = layer.get_config()
     assert type(layer).from_config(config).get_config() == config
+
+
+def train_tiny_sim_run(out: Path, *flags: str) -> Path:
+    """Train one tiny run (TINY_SIM_FLAGS, then ``flags``) into the empty folder ``out``; its run directory."""
+    from deeplense_tf import train
+
+    assert train.main([*TINY_SIM_FLAGS, "--out", str(out), *flags]) == 0
+    (run,) = [p for p in Path(out).iterdir() if p.is_dir()]
+    return run

@@ -67,3 +67,28 @@ def test_anomaly_defaults_to_an_autoencoder():
     from deeplense_tf.train import build_parser
 
     assert config_from_args(build_parser().parse_args(["--task", "anomaly"])).model.arch == "conv_autoencoder"
+
+
+@pytest.mark.parametrize("argv, lr", [
+    (["--arch", "efficientnet_b4"], 3e-3),                          # the architecture's from-scratch default
+    (["--arch", "efficientnet_b4", "--lr", "1e-4"], 1e-4),          # a flag wins
+    (["--arch", "efficientnet_b4", "--weights", "imagenet"], 1e-3),  # fine-tuning keeps the common default
+    (["--arch", "efficientnet_v2_b0"], 1e-3),
+    (["--arch", "resnet18"], 1e-3),
+])
+def test_architecture_training_defaults(argv, lr):
+    from deeplense_tf.cli import config_from_args
+    from deeplense_tf.train import build_parser
+
+    assert config_from_args(build_parser().parse_args(argv)).train.lr == pytest.approx(lr)
+
+
+def test_config_file_wins_over_architecture_defaults(tmp_path):
+    from deeplense_tf.cli import config_from_args
+    from deeplense_tf.config import with_arch_defaults
+    from deeplense_tf.train import build_parser
+
+    replace(RunConfig(), model={"arch": "efficientnet_b0"}).save(tmp_path / "c.json")
+    assert config_from_args(build_parser().parse_args(["--config", str(tmp_path / "c.json")])).train.lr == 1e-3
+    changes = with_arch_defaults({"model": {"arch": "efficientnet_b0"}, "train": {}}, RunConfig())
+    assert changes["train"] == {"lr": 3e-3}

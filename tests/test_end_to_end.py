@@ -12,15 +12,14 @@ import pytest
 
 from deeplense_tf import evaluate, predict, train
 from deeplense_tf.evaluation.uncertainty import apply_temperature
+from tests.helpers import TINY_SIM_FLAGS, train_tiny_sim_run
 
 ARCH = "mobilenet_v3_small"
-COMMON = ["--arch", ARCH, "--samples", "12", "--epochs", "1", "--batch-size", "4", "--workers", "2"]
+COMMON = [*TINY_SIM_FLAGS, "--epochs", "1"]
 
 
 def _train(out: Path, *flags: str) -> Path:
-    assert train.main([*COMMON, "--out", str(out), *flags]) == 0
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
+    return train_tiny_sim_run(out, "--epochs", "1", *flags)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from deeplense_tf.training.losses import SparseSmoothedCrossentropy
 from deeplense_tf.training.sam import enable_sam
 from deeplense_tf.training.schedules import OneCycle, WarmupCosine, learning_rate
 from deeplense_tf.training.trainer import class_weight_table, with_class_weights
+from tests.helpers import TINY_SIM_FLAGS, train_tiny_sim_run
 
 
 def _rates(schedule, steps):
@@ -144,13 +145,11 @@ def test_config_rejects_bad_optimisation_values():
         replace(RunConfig(), model={"task": "classification"}, train={"loss": "huber"})
 
 
-COMMON = ["--arch", "mobilenet_v3_small", "--samples", "12", "--batch-size", "4", "--workers", "2"]
+COMMON = list(TINY_SIM_FLAGS)
 
 
 def _train(out: Path, *flags: str) -> Path:
-    assert train.main([*COMMON, "--out", str(out), *flags]) == 0
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
+    return train_tiny_sim_run(out, *flags)
 
 
 def test_train_flags_reach_the_run(sim_cache, tmp_path):

@@ -144,6 +144,14 @@ def test_efficientnet_stem_keeps_standardised_scale():
     assert np.std(np.asarray(stem(random_images(2, 32), training=True))) > 0.2
 
 
+def test_efficientnet_from_scratch_has_no_stochastic_depth():
+    model = built("efficientnet_b0")
+    assert not any(isinstance(l, keras.layers.Dropout) for l in model.layers)
+    assert isinstance(model.get_layer("block2b_drop"), keras.layers.Identity)
+    x = random_images(2, 32, seed=4)  # training mode is then deterministic (BatchNorm uses the batch)
+    np.testing.assert_array_equal(np.asarray(model(x, training=True)), np.asarray(model(x, training=True)))
+
+
 def test_model_with_backbone_saves_and_loads(tmp_path):
     plan = input_plan("efficientnet_b0", (32, 32, 1))
     inputs = keras.Input((32, 32, 1))

@@ -15,14 +15,12 @@ import pytest
 from deeplense_tf import ensemble, predict, train
 from deeplense_tf.models.heads import GaussianEnsemble, GaussianOutput
 from deeplense_tf.training.losses import GaussianNLL
+from tests.helpers import TINY_SIM_FLAGS, train_tiny_sim_run
 
-COMMON = ["--arch", "mobilenet_v3_small", "--samples", "12", "--epochs", "1", "--batch-size", "4", "--workers", "2"]
 
 
 def _train(out: Path, *flags: str) -> Path:
-    assert train.main([*COMMON, "--out", str(out), *flags]) == 0
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
+    return train_tiny_sim_run(out, "--epochs", "1", *flags)
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +87,30 @@ def test_ensemble_reports_total_sigma(gaussian_run, tmp_path):
     assert (frame["sigma_log10_axion_mass"] > 0).all()
 
 
+def test_ensemble_refuses_members_without_their_own_sigma(gaussian_run, tmp_path, capsys):
+    import shutil
+
+    plain = shutil.copytree(gaussian_run, tmp_path / "plain")
+    config = json.loads((plain / "config.json").read_text())
+    config["model"]["uncertainty"] = "none"
+    (plain / "config.json").write_text(json.dumps(config))
+    assert ensemble.main([str(gaussian_run), str(plain), "--out", str(tmp_path / "ens")]) == 2
+    err = capsys.readouterr().err
+    assert str(plain) in err and "--uncertainty" in err and not (tmp_path / "ens").exists()
+
+
 def test_export_serves_named_outputs_and_metadata_in_plain_tensorflow(gaussian_run):
     script = textwrap.dedent(f"""
         import json, numpy as np, tensorflow as tf
         m = tf.saved_model.load({str(gaussian_run / "export/saved_model")!r})
         meta = json.loads(m.metadata().numpy())
         out = m.serve(tf.zeros([2, *meta["input_shape"]]))
-        print(json.dumps({{"outputs": sorted(out), "meta": meta}}))
+        try:
+            m.serve(tf.zeros([2, 32, 32, 1]))
+            error = ""
+        except tf.errors.InvalidArgumentError as exc:
+            error = str(exc)
+        print(json.dumps({{"outputs": sorted(out), "meta": meta, "error": error}}))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -104,6 +119,8 @@ def test_export_serves_named_outputs_and_metadata_in_plain_tensorflow(gaussian_r
     meta = result["meta"]
     assert meta["target"] == "log10_axion_mass" and meta["target_units"] == "log10(m_a / eV)"
     assert meta["input_shape"] == [64, 64, 1] and "conformal" in meta["calibration"]
+    # A wrong shape: a short error naming the expected and the received shape.
+    assert "shape (N, 64, 64, 1); received shape] [2 32 32 1]" in result["error"] and len(result["error"]) < 600
 
 
 def test_evaluate_calibrates_a_run_made_before_calibration(gaussian_run, tmp_path):

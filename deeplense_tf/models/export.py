@@ -69,6 +69,18 @@ def named_outputs(task: str, outputs, calibration: dict) -> dict:
     return {"anomaly_score": tf.reshape(outputs, [-1])}
 
 
+def checked_images(images: tf.Tensor, expected: tuple[int, ...]) -> tf.Tensor:
+    """``images`` with its static shape set to (N, *expected), after a run-time check whose error
+    names the expected and the received shape."""
+    shape = tf.shape(images)
+    received = tf.strings.reduce_join(tf.strings.as_string(shape[1:]), separator=",")
+    wanted = ",".join(str(v) for v in expected)
+    check = tf.debugging.Assert(tf.equal(received, wanted), [
+        f"images must be a float32 batch of shape (N, {', '.join(map(str, expected))}); received shape", shape], summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(tf.identity(images), (None, *expected))
+
+
 def export_saved_model(model: keras.Model, path: str | Path, metadata: dict | None = None,
                        features: dict[str, np.ndarray] | None = None) -> Path:
     metadata = metadata or {"export_format": EXPORT_FORMAT, "task": _task_of(model), "calibration": {}}
@@ -82,7 +94,10 @@ def export_saved_model(model: keras.Model, path: str | Path, metadata: dict | No
         mean = tf.constant(features["mean"], tf.float32)
         precision = tf.constant(features["precision"], tf.float32)
 
+    expected = tuple(int(v) for v in model.input_shape[1:])
+
     def serve(images):
+        images = checked_images(images, expected)
         named = named_outputs(task, model(images, training=False), calibration)
         if extract is not None:
             centred = tf.cast(extract(images, training=False), tf.float32) - mean  # bfloat16 under mixed precision
@@ -90,7 +105,9 @@ def export_saved_model(model: keras.Model, path: str | Path, metadata: dict | No
                 tf.reduce_sum(tf.matmul(centred, precision) * centred, axis=-1), 0.0))
         return named
 
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")
+    # Any shape is accepted at the signature and checked inside: a wrong one then fails with one
+    # line naming the expected shape, not TensorFlow's signature-mismatch dump of the input.
+    spec = tf.TensorSpec(None, tf.float32, name="images")
     archive.add_endpoint("serve", serve, input_signature=[spec])
     document = json.dumps(metadata)
     archive.add_endpoint("metadata", lambda: tf.constant(document), input_signature=[])
