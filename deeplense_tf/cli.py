@@ -152,6 +152,8 @@ def add_run_flags(run, resume: bool = True, out_help: str | None = None) -> None
     run.add_argument("--nondeterministic", dest="deterministic", action="store_false", default=None,
                      help="let parallel reads deliver batches out of order: faster, not reproducible")
     run.add_argument("--seed", type=int, help=f"seeds data, split, initialisation and augmentation (default {t.seed})")
+    run.add_argument("--init-seed", type=int, help="seeds initialisation, augmentation, dropout and batch order only, "
+                     "keeping --seed's data and split: members of a deep ensemble (default: --seed)")
     run.add_argument("--device", choices=DEVICES, help="cpu, gpu (all local GPUs, mirrored), auto (default)")
     run.add_argument("--strategy", choices=STRATEGIES,
                      help="auto (default): mirrored over several local GPUs, else none; mirrored: all local GPUs "

@@ -120,6 +120,11 @@ ARCH_TRAIN_DEFAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+def model_seed(train: "TrainConfig") -> int:
+    """The seed of a run's training randomness (``init_seed``, else ``seed``)."""
+    return train.seed if train.init_seed is None else train.init_seed
+
+
 def arch_train_defaults(arch: str, weights: str | None) -> dict[str, Any]:
     """The ``TrainConfig`` fields ``ARCH_TRAIN_DEFAULTS`` sets for ``arch`` (none with pretrained weights)."""
     if weights not in (None, "none", ""):
@@ -147,6 +152,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 42
+    # Seeds initialisation, augmentation, dropout and batch order only (data, simulation and split keep
+    # ``seed``): deep-ensemble members on one split differ by it. None: ``seed``.
+    init_seed: int | None = None
     device: str = "auto"
     # XLA: off by default, it made CPU training 5-7x slower (STACK.md).
     jit_compile: bool = False
@@ -249,6 +257,7 @@ def validate(config: RunConfig) -> None:
         (m.task in TASKS, f"task must be one of {TASKS}. Received: task={m.task!r}"),
         (t.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={t.optimizer!r}"),
         (t.device in DEVICES, f"device must be one of {DEVICES}. Received: device={t.device!r}"),
+        (t.init_seed is None or 0 <= t.init_seed < 2**32, f"init_seed must be in [0, 2**32). Received: init_seed={t.init_seed}"),
         (m.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}. "
          f"Received: {m.normalization!r}"),
         (m.uncertainty in UNCERTAINTIES, f"uncertainty must be one of {UNCERTAINTIES}. "

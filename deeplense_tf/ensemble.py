@@ -1,6 +1,9 @@
 """Average several trained runs: metrics of each member and of the ensemble, one exported model.
 
     python -m deeplense_tf.ensemble runs/a runs/b runs/c              # their shared test split
+
+A deep ensemble: members trained on one data set and split (the same ``--seed``) from different
+initialisations (``--init-seed 1``, ``--init-seed 2``, ...).
     python -m deeplense_tf.ensemble runs/a runs/b --data /data/model_ii_test --tta --allow-pickle
 
 The ensemble averages what the members output: class probabilities (classification), lens
@@ -82,7 +85,7 @@ def check_compatible(members: list[Member], same_split: bool = True) -> None:
         if same_split and not test_rows(member).equals(test_rows(first)):
             raise UserError(f"{member.run_dir} has a different test split (split.csv) than {first.run_dir}: one "
                             "member may have trained on another's test images. Ensemble runs trained on the same "
-                            "data with the same --seed, or evaluate on another set with --data")
+                            "data with the same --seed (members differ by --init-seed), or evaluate on another set with --data")
 
 
 def test_rows(member: Member) -> pd.DataFrame:

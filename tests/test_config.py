@@ -92,3 +92,16 @@ def test_config_file_wins_over_architecture_defaults(tmp_path):
     assert config_from_args(build_parser().parse_args(["--config", str(tmp_path / "c.json")])).train.lr == 1e-3
     changes = with_arch_defaults({"model": {"arch": "efficientnet_b0"}, "train": {}}, RunConfig())
     assert changes["train"] == {"lr": 3e-3}
+
+
+def test_init_seed_seeds_training_only():
+    from deeplense_tf.cli import config_from_args
+    from deeplense_tf.config import model_seed
+    from deeplense_tf.train import build_parser
+
+    member = config_from_args(build_parser().parse_args(["--seed", "7", "--init-seed", "3"])).train
+    assert (member.seed, model_seed(member)) == (7, 3)  # data and split from 7, weights and batches from 3
+    plain = config_from_args(build_parser().parse_args(["--seed", "7"])).train
+    assert model_seed(plain) == 7
+    with pytest.raises(ConfigError, match="init_seed"):
+        replace(RunConfig(), train={"init_seed": -1})

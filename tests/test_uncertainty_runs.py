@@ -78,8 +78,8 @@ def test_predict_writes_mean_sigma_interval_and_flags(gaussian_run, sim_cache, t
 
 @pytest.mark.slow
 def test_ensemble_reports_total_sigma(gaussian_run, tmp_path):
-    """A second member on the same split (same seed), told apart by its dropout."""
-    member = _train(tmp_path / "m2", "--uncertainty", "gaussian", "--dropout", "0.1")
+    """A second member on the same data and split (same seed), another initialisation (--init-seed)."""
+    member = _train(tmp_path / "m2", "--uncertainty", "gaussian", "--init-seed", "1")
     out = tmp_path / "ens"
     assert ensemble.main([str(gaussian_run), str(member), "--out", str(out)]) == 0
     assert "conformal" in json.loads((out / "calibration.json").read_text())

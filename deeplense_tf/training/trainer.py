@@ -20,7 +20,7 @@ import pandas as pd
 import tensorflow as tf
 
 from deeplense_tf import runs
-from deeplense_tf.config import RunConfig, TrainConfig, replace
+from deeplense_tf.config import RunConfig, TrainConfig, model_seed, replace
 from deeplense_tf.data.pipeline import create_dataset
 from deeplense_tf.data.prepare import PreparedData, check_split, prepare_data, split_table
 from deeplense_tf.data.stream import StreamSource
@@ -79,7 +79,7 @@ def new_model(config: RunConfig, data: PreparedData, strategy: tf.distribute.Str
     with strategy.scope():
         model = create_model(config.model, data.input_shape, n_classes=len(data.class_names),
                              target_mean=data.target_mean, target_std=data.target_std,
-                             image_size=config.data.image_size, seed=config.train.seed)
+                             image_size=config.data.image_size, seed=model_seed(config.train))
         set_finetune_state(model, config.model, epoch=0)  # --freeze-backbone: before compile
         compile_model(model, config, steps_per_epoch(config, data))
     return model
@@ -192,7 +192,7 @@ def set_up(train: TrainConfig) -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if train.device == "gpu" and not gpus:
         raise ConfigError("--device gpu: TensorFlow sees no GPU (install tensorflow[and-cuda] and check nvidia-smi)")
-    keras.utils.set_random_seed(train.seed)
+    keras.utils.set_random_seed(model_seed(train))
     # float16 needs a GPU (tensor cores, loss scaling added by compile); CPUs compute bfloat16 natively.
     keras.mixed_precision.set_global_policy(
         ("mixed_float16" if gpus else "mixed_bfloat16") if train.mixed_precision else "float32")
@@ -275,7 +275,7 @@ def fit_inputs(model: keras.Model, config: RunConfig, data: PreparedData, initia
 
 def pipeline_augmenter(config: RunConfig):
     """``--augment-in-pipeline``: the flips / rotations as a tf.data map instead of model layers."""
-    return augmenter(config.train.seed) if config.model.augment and config.model.augment_in_pipeline else None
+    return augmenter(model_seed(config.train)) if config.model.augment and config.model.augment_in_pipeline else None
 
 
 def stored_inputs(model: keras.Model, config: RunConfig, data: PreparedData, initial_epoch: int,
@@ -285,7 +285,7 @@ def stored_inputs(model: keras.Model, config: RunConfig, data: PreparedData, ini
     if model.distribute_strategy is not tf.distribute.get_strategy():  # this worker's rows, per-replica batch
         x, y, batch = strategy_share(model.distribute_strategy, x, y, batch)
     labels = fit_labels(task, y)
-    train = create_dataset(x, labels, batch, training=True, seed=t.seed, balance=t.balance,
+    train = create_dataset(x, labels, batch, training=True, seed=model_seed(t), balance=t.balance,
                            first_epoch=initial_epoch,  # a resumed run: the same batches
                            deterministic=t.deterministic, augment=pipeline_augmenter(config),
                            cache=(True if t.cache == "memory" else t.cache) if t.cache else False)
@@ -294,7 +294,7 @@ def stored_inputs(model: keras.Model, config: RunConfig, data: PreparedData, ini
     train, steps = whole_steps(train, replicas)  # local replicas: whole steps (distributed.whole_steps)
     # Recalibration reads its own copy of the training pipeline (another seed), per-replica batches as
     # BatchNorm trains, epoch-indexed like the training batches so a resumed run draws the same.
-    recalibration = lambda: create_dataset(x, labels, batch, training=True, seed=t.seed + 1,  # noqa: E731
+    recalibration = lambda: create_dataset(x, labels, batch, training=True, seed=model_seed(t) + 1,  # noqa: E731
                                            first_epoch=initial_epoch)
     return FitInputs(train, batch, steps, recalibration)
 
@@ -320,7 +320,7 @@ def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: 
     callbacks = [
         *((inputs.stream.callback,) if inputs.stream else ()),  # first: tells the stream which epoch begins
         LogEpochTime(),  # early: the epoch's time includes every callback after it
-        ReseedRandomLayers(t.seed),  # epoch e's augmentation and dropout from (seed, e), as on --resume
+        ReseedRandomLayers(model_seed(t)),  # epoch e's augmentation and dropout from (seed, e), as on --resume
         nan_guard,
         *((ValidateWithEMA(),) if t.ema else ()),  # before recalibration: statistics of the averaged weights
         *batch_norm_callbacks(model, config, inputs),  # before the checkpoint: it saves the recalibrated statistics
