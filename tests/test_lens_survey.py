@@ -34,8 +34,9 @@ def drawn_metadata(preset, cls, n, seed=3):
 
 
 def indices_of(kind, n, preset=SPACE, seed=3):
+    """Non-lenses of a confuser kind without field objects: their light is the confuser's alone."""
     meta = drawn_metadata(preset, "non_lens", 400, seed)
-    return meta.index[meta["confuser"] == kind][:n].tolist()
+    return meta.index[(meta["confuser"] == kind) & (meta["field_objects"] == 0)][:n].tolist()
 
 
 def stamp(kind_index, preset=SPACE, seed=3, noise="off"):
@@ -80,6 +81,33 @@ def test_each_kind_appears_in_the_stated_proportion(preset):
         for kind, p in fractions.items():
             assert abs(counts[kind] - n * p) < 4 * math.sqrt(n * p * (1 - p)), (kind, counts[kind], n * p)
     assert math.isclose(sum(lens_survey.CONFUSER_FRACTIONS.values()), 1.0)
+
+
+@pytest.mark.parametrize("preset", [SPACE, GROUND])
+def test_field_objects_are_as_common_in_lenses_as_in_non_lenses(preset):
+    counts = [drawn_metadata(preset, cls, 600)["field_objects"] for cls in preset.classes]
+    for count in counts:  # Poisson: mean and variance both FIELD_OBJECTS_MEAN
+        assert abs(count.mean() - lens_survey.FIELD_OBJECTS_MEAN) < 4 * math.sqrt(lens_survey.FIELD_OBJECTS_MEAN / 600)
+    assert abs(counts[0].mean() - counts[1].mean()) < 0.15
+
+
+def test_field_objects_add_light_away_from_the_centre():
+    meta = drawn_metadata(SPACE, "lens", 60)
+    for i in meta.index[meta["field_objects"] > 0][:3]:
+        survey, row = lens_survey.draw(SPACE, "lens", "deeplensesim", image_rng(3, 0, i))
+        image, _ = simulate_one(SPACE, "lens", int(i), 3, noise="off")
+        profiles = survey["stamp"].profiles["lens_light"]
+        light = survey["stamp"].light["lens_light"][0]
+        n = row["field_objects"]
+        survey["stamp"].profiles["lens_light"], survey["stamp"].light["lens_light"] = (
+            profiles[:-n], [band[:-n] for band in survey["stamp"].light["lens_light"]])
+        renderer = lens_survey.get_renderer(SPACE, "lens", "deeplensesim")
+        extra = image - renderer.prepare(survey, dict(row))[0][0]
+        for component in light[-n:]:
+            x = round(50 + component["center_x"] / SPACE.pixel_scale)
+            y = round(50 + component["center_y"] / SPACE.pixel_scale)
+            assert math.hypot(x - 50, y - 50) > 0.4 * 50
+            assert extra[y - 3:y + 4, x - 3:x + 4].mean() > 10 * extra.mean(), (i, x, y)  # its light is there
 
 
 def test_a_plain_survey_galaxy_is_the_lens_finding_non_lens():

@@ -21,7 +21,7 @@ DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 # simulator metadata copied into predictions.csv, where present, so results can be binned by them
 # Simulated metadata that travel into predictions.csv, so results can be binned by them.
 SIM_COLUMNS = ("theta_e_arcsec", "source_mag", "lensed_snr", "confuser", "source_kind", "seeing_arcsec", "depth_mag",
-               "sky_sigma", "quasar_mag", "confuser_mag", "confuser_radius_arcsec", "n_point_images",
+               "sky_sigma", "quasar_mag", "confuser_mag", "confuser_radius_arcsec", "n_point_images", "field_objects",
                "log10_halo_mass", "f_sub", "log10_vortex_mass")
 
 

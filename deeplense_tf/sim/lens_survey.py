@@ -12,6 +12,8 @@ They start from ``lens_finding``'s draws (the same deflector and extended source
   or unlensed quasars beside a galaxy (the false positives of lensed-quasar searches);
 - lensed quasars beside extended sources (``SOURCE_KIND_FRACTIONS``; column ``source_kind``): the
   lensed host plus the point images that lenstronomy's analytical SIE + shear solver finds;
+- unrelated stars and faint galaxies in the field of every stamp, lens or not (``FIELD_OBJECTS_MEAN``;
+  column ``field_objects``), so that a second object in a stamp does not by itself mean "non-lens";
 - per-image seeing and depth around the preset's values on the ground (``OBSERVING_SCATTER``),
   recorded as ``seeing_arcsec``, ``sky_sigma``, ``depth_mag`` and ``exposure_s`` (first band);
   ``lensed_snr`` is the matched-filter signal-to-noise of the lensed light, all bands together.
@@ -43,6 +45,10 @@ SOURCE_KIND_FRACTIONS = {"extended": 0.75, "quasar": 0.25}
 OBSERVING_SCATTER = {"space": (0.0, 0.0), "ground": (0.15, 0.25)}
 QUASAR_COLOUR = {"VIS": 0.0, "r": 0.0, "i": -0.1, "g": 0.2, "u": 0.4}
 ARM_KNOTS, ARC_KNOTS, SHAPELET_N_MAX = 10, 10, 2
+# Unrelated stars and faint galaxies in the field of every stamp, lens or not (Poisson mean per stamp,
+# half stars): were companions and stars only in non-lenses (the confusers), "a second object" alone
+# would mark a non-lens, a shortcut no survey offers. Column ``field_objects``.
+FIELD_OBJECTS_MEAN, FIELD_STAR_SHARE = 0.6, 0.5
 
 
 def _b_n(n: float) -> float:
@@ -216,6 +222,25 @@ def _stars(stamp, params, meta, rng, preset):
     return float(-2.5 * np.log10(np.sum(10 ** (-0.4 * mags)))), float(r.min())
 
 
+def _field_objects(stamp, rng, preset) -> int:
+    """Stars (compact Gaussians: after the seeing, the PSF) and small Sersic galaxies at 45-90 % of
+    the stamp's half-width, unlensed, whatever the class; their number."""
+    n = int(rng.poisson(FIELD_OBJECTS_MEAN))
+    half = preset.num_pix * preset.pixel_scale / 2
+    for _ in range(n):
+        r, angle = rng.uniform(0.45, 0.9) * half, rng.uniform(0, 2 * math.pi)
+        centre = {"center_x": r * math.cos(angle), "center_y": r * math.sin(angle)}
+        if rng.uniform() < FIELD_STAR_SHARE:
+            mags = rng.uniform(18.5, 23.5) + _colours(preset, _blend(QUASAR_COLOUR, LENS_COLOUR, rng.uniform()), rng)
+            stamp.add("lens_light", "GAUSSIAN", {"sigma": preset.pixel_scale / 2, **centre}, mags)
+        else:
+            e1, e2 = _ellipticity(rng.uniform(0.4, 1.0), rng.uniform(0, math.pi))
+            mags = rng.uniform(21.0, 24.5) + _colours(preset, _blend(LENS_COLOUR, SOURCE_COLOUR, rng.uniform()), rng)
+            stamp.add("lens_light", "SERSIC_ELLIPSE", {"R_sersic": rng.uniform(0.15, 0.5), "n_sersic": rng.uniform(1, 4),
+                                                       "e1": e1, "e2": e2, **centre}, mags)
+    return n
+
+
 CONFUSERS = {"spiral": _spiral, "ring": _ring, "merger": _merger, "edge_on": _edge_on, "blue_arc": _blue_arc,
              "stars": _stars}
 
@@ -259,6 +284,7 @@ def draw(preset: Preset, cls: str, geometry: str, rng: np.random.Generator):
         else:
             mag, radius = CONFUSERS[kind](stamp, params, meta, rng, preset)
             meta.update(confuser_mag=float(mag), confuser_radius_arcsec=float(radius))
+    meta["field_objects"] = _field_objects(stamp, rng, preset)  # last: the draws above stay as they were
     survey = {"stamp": stamp, "lens": params["lens"] if cls == "lens" else [], "seeing_factor": seeing,
               "exposure_factor": 10 ** (0.8 * depth)}  # sky-limited: 1 mag deeper = 10^0.8 longer
     return survey, meta
