@@ -120,7 +120,7 @@ def combine(task: str, outputs: list[np.ndarray]) -> np.ndarray:
     if task != "regression":
         return np.mean(outputs, axis=0)
     from deeplense_tf.evaluation.report import regression_outputs
-    from deeplense_tf.evaluation.uncertainty import ensemble_gaussian
+    from deeplense_tf.evaluation.intervals import ensemble_gaussian
 
     parts = [regression_outputs(o) for o in outputs]
     sigmas = None if parts[0][1] is None else np.stack([s for _, s in parts])  # check_compatible: all or none
@@ -176,7 +176,8 @@ def calibrate_ensemble(task: str, models: list, first: Member, batch_size: int, 
     if task == "anomaly":
         return None
     from deeplense_tf.data.prepare import evaluation_set
-    from deeplense_tf.evaluation import uncertainty
+    from deeplense_tf.evaluation.calibration import fit_temperature
+    from deeplense_tf.evaluation.intervals import fit_conformal
     from deeplense_tf.evaluation.report import predict, regression_outputs
     from deeplense_tf.training.calibrate import LEVELS
 
@@ -185,10 +186,10 @@ def calibrate_ensemble(task: str, models: list, first: Member, batch_size: int, 
     calibration: dict = {"split": "val", "n": int(len(y)), "levels": list(LEVELS)}
     if task == "regression":
         mean, sigma = regression_outputs(outputs)
-        calibration["conformal"] = uncertainty.fit_conformal(y, mean, sigma if np.all(sigma > 0) else None, LEVELS)
+        calibration["conformal"] = fit_conformal(y, mean, sigma if np.all(sigma > 0) else None, LEVELS)
     else:
         probs = outputs if task == "classification" else outputs.reshape(-1)
-        calibration["temperature"] = float(uncertainty.fit_temperature(y, probs))
+        calibration["temperature"] = float(fit_temperature(y, probs))
     return calibration
 
 

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def shift_rows(run_dir: str, datasets: list[str], batch_size: int = 64) -> list[dict]:
     from deeplense_tf.api import load_run
     from deeplense_tf.data.prepare import evaluation_set
-    from deeplense_tf.evaluation import metrics, uncertainty
+    from deeplense_tf.evaluation import metrics
+    from deeplense_tf.evaluation.intervals import regression_uncertainty_metrics
     from deeplense_tf.evaluation.report import predict, regression_outputs
     from deeplense_tf.models.heads import features_model
     from deeplense_tf.runs import HEADLINE
@@ -58,7 +59,7 @@ def shift_rows(run_dir: str, datasets: list[str], batch_size: int = 64) -> list[
                "median_distance": float(np.median(distance))}
         if task == "regression":
             mean, sigma = regression_outputs(outputs)
-            found = uncertainty.regression_uncertainty_metrics(y, mean, sigma, calibration["conformal"])
+            found = regression_uncertainty_metrics(y, mean, sigma, calibration["conformal"])
             row.update(mae=metrics.regression_metrics(y, mean)["mae"], coverage_68=found["coverage_68_calibrated"],
                        coverage_95=found["coverage_95_calibrated"])
         else:

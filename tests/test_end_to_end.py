@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from deeplense_tf import evaluate, predict, train
-from deeplense_tf.evaluation.uncertainty import apply_temperature
+from deeplense_tf.evaluation.calibration import apply_temperature
 from tests.helpers import TINY_SIM_FLAGS, train_tiny_sim_run
 
 ARCH = "mobilenet_v3_small"

@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import CLASSES, tiny_images
 from deeplense_tf import ensemble, train
-from deeplense_tf.evaluation.uncertainty import apply_temperature
+from deeplense_tf.evaluation.calibration import apply_temperature
 from deeplense_tf.training import trainer
 import deeplense_tf.api  # noqa: F401  (registers the layers, schedules and losses for load_model)
 

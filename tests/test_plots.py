@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deeplense_tf.evaluation import plots
+from deeplense_tf.evaluation import plot_style, plots
 
 NAMES = ["no_sub", "cdm", "axion"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -111,7 +111,7 @@ def test_plots_for_task_dispatch(tmp_path, monkeypatch):
     plots.plots_for_task("regression", [1.0, 2.0], [1.0, 2.5], tmp_path, label="f_sub")
     assert calls.pop("regression_plots") == (([1.0, 2.0], [1.0, 2.5], tmp_path), {"label": "f_sub", "fmt": "png"})
     plots.plots_for_task("regression", [1.0], [1.0], tmp_path, label=None)  # evaluate may pass None
-    assert calls.pop("regression_plots")[1] == {"label": plots.DEFAULT_TARGET_LABEL, "fmt": "png"}
+    assert calls.pop("regression_plots")[1] == {"label": plot_style.DEFAULT_TARGET_LABEL, "fmt": "png"}
     plots.plots_for_task("classification", [0, 1], [[0.8, 0.2], [0.3, 0.7]], tmp_path)
     a, _ = calls["classification_plots"]
     assert a[2] == ["class_0", "class_1"] and a[3] == tmp_path

@@ -109,7 +109,7 @@ def drawn(monkeypatch):
     from deeplense_tf.evaluation import plots
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name, fmt=None: figures.append(fig) or out_dir / name)
+    monkeypatch.setattr(plots, "save", lambda fig, out_dir, name, fmt=None: figures.append(fig) or out_dir / name)
     yield figures
     for fig in figures:
         plt.close(fig)
@@ -136,7 +136,7 @@ def test_plot_functions_write_the_format_asked_for(tmp_path, fmt, magic):
 
 
 def test_training_curves_label_epochs_with_whole_numbers(tmp_path, drawn):
-    from deeplense_tf.evaluation import plots
+    from deeplense_tf.evaluation import plot_style, plots
 
     plots.training_curves(_history_csv(tmp_path / "history.csv", epochs=3), tmp_path)
     (fig,) = drawn
@@ -144,21 +144,21 @@ def test_training_curves_label_epochs_with_whole_numbers(tmp_path, drawn):
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
-    assert fig.get_figwidth() <= plots.DOUBLE
+    assert fig.get_figwidth() <= plot_style.DOUBLE
 
 
 def test_regression_plots_label_units_and_keep_the_worst_predictions_in_sight(tmp_path, drawn):
-    from deeplense_tf.evaluation import plots
+    from deeplense_tf.evaluation import plot_style, plots
 
-    assert "[eV]" in plots.target_label("log10_axion_mass") and plots.target_label("source_x") == "source_x"
-    assert plots.target_label("theta_e_effective_arcsec") == "theta e effective [arcsec]"
+    assert "[eV]" in plot_style.target_label("log10_axion_mass") and plot_style.target_label("source_x") == "source_x"
+    assert plot_style.target_label("theta_e_effective_arcsec") == "theta e effective [arcsec]"
     y = np.linspace(-24, -22, 200)
     p = y.copy()
     p[17] += 1.5  # one far outlier
     plots.regression_plots(y, p, tmp_path, label="log10_axion_mass")
     scatter, residuals, hist = drawn
     for fig in drawn:
-        assert fig.get_figwidth() == plots.SINGLE
+        assert fig.get_figwidth() == plot_style.SINGLE
     ax = scatter.axes[0]
     assert "[eV]" in ax.get_xlabel() and "[eV]" in ax.get_ylabel() and "[dex]" in residuals.axes[0].get_ylabel()
     assert ax.get_legend() is None and scatter.legends  # the legend sits under the axes, on no data

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from deeplense_tf.errors import DataError
-from deeplense_tf.evaluation.plots import target_label
+from deeplense_tf.evaluation.plot_style import target_label
 from deeplense_tf.sim import generate as sim
 from deeplense_tf.sim import physics
 from deeplense_tf.tasks import get_task, target_units

@@ -2,32 +2,28 @@
 
 Each public function writes its figures under ``out_dir`` (created if needed) as PNG (300 dpi),
 or PDF / SVG with ``fmt=`` (``--plot-format``), and returns the list of paths written. They are
-drawn for a journal page: one column (3.5 in) or two (7 in) wide, 7-9 pt text, units on every
-axis (``target_label``), legends where they hide no data, the largest errors marked, whole-number
-epochs. Figures are closed after saving, so long evaluation loops do not accumulate memory.
-Scores are "higher = more lens-like / more anomalous".
+drawn in the house style of plot_style.py (a journal page's widths and fonts, units on every
+axis), with the largest errors marked and whole-number epochs. Scores are "higher = more
+lens-like / more anomalous". The plots of uncertainty (error bars, coverage, reliability) are in
+uncertainty_plots.py.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-matplotlib.use("Agg")  # headless: before pyplot is imported
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import auc as _auc  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
-
-from deeplense_tf.evaluation import metrics as _m  # noqa: E402
-from deeplense_tf.evaluation import uncertainty as _u  # noqa: E402
+from deeplense_tf.evaluation import metrics as _m
+from deeplense_tf.evaluation.plot_style import (COLORS, DEFAULT_TARGET_LABEL, DOUBLE, SINGLE, ensure_dir, few_ticks,
+                                                format_number, journal, legend_below, residual_unit, save,
+                                                scatter_style, signed, target_label)
 
 __all__ = [
     "regression_plots",
@@ -39,139 +35,19 @@ __all__ = [
     "training_curves",
     "metric_against_time",
     "plots_for_task",
-    "target_label",
     "TASK_PLOTS",
-    "regression_uncertainty_plots",
-    "reliability_diagram",
 ]
-
-DPI = 300  # PNG at print resolution; PDF and SVG are vector (scatter clouds inside them rasterised at DPI)
-FORMATS = ("png", "pdf", "svg")
-SINGLE, DOUBLE = 3.5, 7.0  # figure widths [in]: one journal column, two columns
-# 8 pt text, 7 pt ticks and legends: what a figure printed at its column width needs. TrueType fonts
-# embedded in PDFs (journals refuse Type 3); SVG text stays text.
-STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "figure.titlesize": 9, "legend.fontsize": 7,
-         "legend.title_fontsize": 7, "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.2,
-         "axes.linewidth": 0.6, "grid.linewidth": 0.4, "pdf.fonttype": 42, "svg.fonttype": "none"}
-# Axis labels of the regression targets the simulator writes (metadata.csv); others: unit from the suffix.
-TARGET_LABELS = {
-    "log10_axion_mass": r"$\log_{10}\,m_a$ [eV]",
-    "axion_mass_ev": r"$m_a$ [eV]",
-    "vortex_half_length_arcsec": "vortex half-length [arcsec]",
-    "vortex_angle_rad": "vortex angle [rad]",
-    "vortex_mass_msun": r"vortex mass [$M_\odot$]",
-    "subhalo_mass_total": r"total subhalo mass [$M_\odot$]",
-    "n_subhalos": "number of subhaloes",
-    "theta_e_arcsec": r"Einstein radius $\theta_E$ [arcsec]",
-    "log10_halo_mass": r"$\log_{10}\,M_{\rm halo}$ [$M_\odot$]",
-    "f_sub": r"subhalo mass fraction $f_{\rm sub}$ (inside $\theta_E$)",
-    "subhalo_abundance": "subhalo abundance (x 25 subhaloes)",
-    "log10_vortex_mass": r"$\log_{10}\,M_{\rm vortex}$ [$M_\odot$]",
-    "vortex_linear_density_msun_per_arcsec": r"vortex linear density [$M_\odot$/arcsec]",
-}
-UNIT_SUFFIXES = {"_arcsec": "arcsec", "_ev": "eV", "_msun": r"$M_\odot$", "_rad": "rad", "_mag": "mag", "_s": "s"}
-DEFAULT_TARGET_LABEL = TARGET_LABELS["log10_axion_mass"]
-_COLORS = plt.get_cmap("tab10").colors
 
 
 # --------------------------------------------------------------------------- helpers
-def target_label(target: str | None) -> str:
-    """The axis label, with units, of a regression target column: ``log10_axion_mass`` ->
-    log10 m_a [eV]; a name ending in a unit (``_arcsec``, ``_ev``, ``_msun``...) gets it in
-    brackets; any other name (a label already written with units) is shown as given."""
-    if not target:
-        return DEFAULT_TARGET_LABEL
-    if target in TARGET_LABELS:
-        return TARGET_LABELS[target]
-    for suffix, unit in UNIT_SUFFIXES.items():
-        if target.endswith(suffix) and len(target) > len(suffix):
-            return f"{target[: -len(suffix)].replace('_', ' ')} [{unit}]"
-    return target
-
-
-def _journal(plot: Callable) -> Callable:
-    """Draw inside ``STYLE`` (fonts for a printed column) without changing matplotlib's own settings."""
-
-    @functools.wraps(plot)
-    def styled(*args, **kwargs):
-        with plt.rc_context(STYLE):
-            return plot(*args, **kwargs)
-
-    return styled
-
-
-def _out(out_dir) -> Path:
-    p = Path(out_dir)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def _save(fig, out_dir: Path, name: str, fmt: str | None = None) -> Path:
-    """Write ``name`` under ``out_dir``, as ``fmt`` (png, pdf, svg: the suffix replaced) when given,
-    and close the figure."""
-    if fmt is not None and fmt not in FORMATS:
-        raise ValueError(f"plot format must be one of {FORMATS}. Received: {fmt!r}")
-    path = out_dir / (name if fmt is None else f"{Path(name).stem}.{fmt}")
-    try:
-        fig.savefig(path, dpi=DPI)  # constrained layout: no second draw for a tight bbox
-    finally:
-        plt.close(fig)
-    return path
-
-
-def _legend_below(fig, ax, ncol: int = 2) -> None:
-    """The axes' legend under the figure, outside the data (constrained layout makes room): for
-    clouds and histograms, whose patches ``loc="best"`` does not see as data."""
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=ncol, frameon=False)
-
-
-def _few_ticks() -> MaxNLocator:
-    """About five ticks at round values: long labels (-23.5) fit a column-wide axis."""
-    return MaxNLocator(5, steps=[1, 2, 2.5, 5, 10])
-
-
 def _largest(residuals: np.ndarray, k: int = 5) -> np.ndarray:
     """Indices of the ``k`` largest absolute residuals: drawn on top, so no cloud hides them."""
     return np.argsort(-np.abs(residuals), kind="stable")[: min(k, len(residuals))]
 
 
 def _mark_largest(ax, x, y, worst: np.ndarray) -> None:
-    ax.scatter(x[worst], y[worst], s=22, facecolors="none", edgecolors=_COLORS[3], linewidths=0.8, zorder=4,
+    ax.scatter(x[worst], y[worst], s=22, facecolors="none", edgecolors=COLORS[3], linewidths=0.8, zorder=4,
                clip_on=False, label=f"{len(worst)} largest |residual|")
-
-
-def _fmt(x, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _signed(x: float, digits: int = 3) -> str:
-    s = f"{x:+.{digits}f}"
-    return "+" + s[1:] if float(s) == 0 else s  # no "-0.000"
-
-
-def _text_box(ax, text: str, loc: str = "upper left") -> None:
-    x, ha = (0.03, "left") if "left" in loc else (0.97, "right")
-    y, va = (0.97, "top") if "upper" in loc else (0.03, "bottom")
-    ax.text(
-        x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=7, family="monospace",
-        bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="0.7"),
-    )
-
-
-def _scatter_style(n: int) -> dict:
-    """Point size and alpha that keep dense scatter plots readable from 10 to 1e5 points (one column wide)."""
-    n = max(n, 1)
-    return dict(s=float(np.clip(2500.0 / n, 1.5, 12.0)), alpha=float(np.clip(800.0 / n, 0.2, 0.8)),
-                linewidths=0, rasterized=True)
-
-
-def _residual_unit(label: str) -> str:
-    """Units of pred - true: dex for a log10 target, else the bracketed unit of the label."""
-    if "log" in label.split("[")[0].lower():
-        return "dex"
-    if "[" in label and "]" in label:
-        return label[label.index("[") + 1 : label.rindex("]")]
-    return ""
 
 
 def _binned_quantiles(x: np.ndarray, y: np.ndarray, n_bins: int = 15):
@@ -198,7 +74,7 @@ def _roc_ax(ax, title: str) -> None:
 
 
 # --------------------------------------------------------------------------- regression
-@_journal
+@journal
 def regression_plots(y_true, y_pred, out_dir, label: str = DEFAULT_TARGET_LABEL, fmt: str = "png") -> list[Path]:
     """Predicted vs true (with the identity line), residuals vs true, residual histogram.
 
@@ -209,15 +85,15 @@ def regression_plots(y_true, y_pred, out_dir, label: str = DEFAULT_TARGET_LABEL,
     y = _m._as_1d(y_true, "y_true")
     p = _m._as_1d(y_pred, "y_pred")
     _m._same_length(y_true=y, y_pred=p)
-    out = _out(out_dir)
+    out = ensure_dir(out_dir)
     met = _m.regression_metrics(y, p)
     r = p - y
     n = len(y)
     worst = _largest(r)
-    ru = _residual_unit(label)
+    ru = residual_unit(label)
     rlabel = f"residual, predicted − true [{ru}]" if ru else "residual, predicted − true"
-    summary = (f"MAE {_fmt(met['mae'])}, RMSE {_fmt(met['rmse'])}, R² {_fmt(met['r2'])}, bias {_signed(met['bias'])}\n"
-               f"N = {n}; the mean as prediction: MAE {_fmt(met['baseline_mae'])}")
+    summary = (f"MAE {format_number(met['mae'])}, RMSE {format_number(met['rmse'])}, R² {format_number(met['r2'])}, "
+               f"bias {signed(met['bias'])}\nN = {n}; the mean as prediction: MAE {format_number(met['baseline_mae'])}")
     paths = []
 
     # predicted vs true
@@ -226,64 +102,64 @@ def regression_plots(y_true, y_pred, out_dir, label: str = DEFAULT_TARGET_LABEL,
     hi = float(max(y.max(), p.max()))
     pad = 0.04 * (hi - lo or 1.0)
     lo, hi = lo - pad, hi + pad
-    ax.scatter(y, p, color=_COLORS[0], label="test items", **_scatter_style(n))
+    ax.scatter(y, p, color=COLORS[0], label="test items", **scatter_style(n))
     ax.plot([lo, hi], [lo, hi], color="k", lw=1.0, label="identity")
     b = _binned_quantiles(y, p)
     if b is not None:
         c, q16, q50, q84 = b
-        ax.plot(c, q50, color=_COLORS[1], lw=1.4, label="binned median")
-        ax.fill_between(c, q16, q84, color=_COLORS[1], alpha=0.2, lw=0, label="binned 16-84 %")
+        ax.plot(c, q50, color=COLORS[1], lw=1.4, label="binned median")
+        ax.fill_between(c, q16, q84, color=COLORS[1], alpha=0.2, lw=0, label="binned 16-84 %")
     _mark_largest(ax, y, p, worst)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(f"predicted {label}")
-    ax.xaxis.set_major_locator(_few_ticks())  # tick labels that do not run into each other
-    ax.yaxis.set_major_locator(_few_ticks())
+    ax.xaxis.set_major_locator(few_ticks())  # tick labels that do not run into each other
+    ax.yaxis.set_major_locator(few_ticks())
     ax.set_title(summary)
     ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    paths.append(_save(fig, out, "regression_pred_vs_true.png", fmt))
+    legend_below(fig, ax)
+    paths.append(save(fig, out, "regression_pred_vs_true.png", fmt))
 
     # residuals vs true
     fig, ax = plt.subplots(figsize=(SINGLE, 3.0), layout="constrained")
-    ax.scatter(y, r, color=_COLORS[0], label="test items", **_scatter_style(n))
+    ax.scatter(y, r, color=COLORS[0], label="test items", **scatter_style(n))
     ax.axhline(0, color="k", lw=1.0)
     if b is not None:
         c, *_ = b
         _, q16, q50, q84 = _binned_quantiles(y, r)
-        ax.plot(c, q50, color=_COLORS[1], lw=1.4, label="binned median")
-        ax.fill_between(c, q16, q84, color=_COLORS[1], alpha=0.2, lw=0, label="binned 16-84 %")
+        ax.plot(c, q50, color=COLORS[1], lw=1.4, label="binned median")
+        ax.fill_between(c, q16, q84, color=COLORS[1], alpha=0.2, lw=0, label="binned 16-84 %")
     _mark_largest(ax, y, r, worst)
     span = float(np.abs(r).max()) * 1.08 or 1.0
     ax.set_ylim(-span, span)  # symmetric: a bias shows as an offset from the middle
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(rlabel)
-    ax.xaxis.set_major_locator(_few_ticks())
-    ax.set_title(f"bias {_signed(met['bias'])}, RMSE {_fmt(met['rmse'])}{f' {ru}' if ru else ''}")
+    ax.xaxis.set_major_locator(few_ticks())
+    ax.set_title(f"bias {signed(met['bias'])}, RMSE {format_number(met['rmse'])}{f' {ru}' if ru else ''}")
     ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    paths.append(_save(fig, out, "regression_residuals_vs_true.png", fmt))
+    legend_below(fig, ax)
+    paths.append(save(fig, out, "regression_residuals_vs_true.png", fmt))
 
     # residual histogram
     fig, ax = plt.subplots(figsize=(SINGLE, 2.9), layout="constrained")
     bins = int(np.clip(np.sqrt(n), 10, 60))
-    ax.hist(r, bins=bins, color=_COLORS[0], alpha=0.75, edgecolor="white", linewidth=0.3)
+    ax.hist(r, bins=bins, color=COLORS[0], alpha=0.75, edgecolor="white", linewidth=0.3)
     ax.axvline(0, color="k", lw=1.0, label="zero")
-    ax.axvline(met["bias"], color=_COLORS[1], lw=1.2, ls="--", label=f"mean {_signed(met['bias'])}")
-    ax.plot(r[worst], np.zeros(len(worst)), "|", color=_COLORS[3], ms=12, mew=1.2, clip_on=False,
+    ax.axvline(met["bias"], color=COLORS[1], lw=1.2, ls="--", label=f"mean {signed(met['bias'])}")
+    ax.plot(r[worst], np.zeros(len(worst)), "|", color=COLORS[3], ms=12, mew=1.2, clip_on=False,
             label=f"{len(worst)} largest |residual|")  # single items: invisible as bars of height 1
     ax.set_xlabel(rlabel)
     ax.set_ylabel("test items per bin")
-    ax.set_title(f"std {np.std(r):.3f}, median |residual| {_fmt(met['median_abs_error'])}")
-    _legend_below(fig, ax, ncol=3)
-    paths.append(_save(fig, out, "regression_residual_hist.png", fmt))
+    ax.set_title(f"std {np.std(r):.3f}, median |residual| {format_number(met['median_abs_error'])}")
+    legend_below(fig, ax, ncol=3)
+    paths.append(save(fig, out, "regression_residual_hist.png", fmt))
     return paths
 
 
 # --------------------------------------------------------------------------- classification
-@_journal
+@journal
 def classification_plots(y_true, probs, class_names: Sequence[str], out_dir, fmt: str = "png") -> list[Path]:
     """One-vs-rest ROC curve per class (AUC in the legend) and the confusion matrix
     (counts and row-normalised side by side; rows = true class)."""
@@ -291,7 +167,7 @@ def classification_plots(y_true, probs, class_names: Sequence[str], out_dir, fmt
     P = np.asarray(probs, dtype=float)
     met = _m.classification_metrics(y_true, P, names)
     y = _m._class_labels(y_true, len(names))
-    out = _out(out_dir)
+    out = ensure_dir(out_dir)
     paths = []
 
     fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
@@ -299,14 +175,14 @@ def classification_plots(y_true, probs, class_names: Sequence[str], out_dir, fmt
         a = met["per_class_auc"][name]
         yi = (y == i).astype(int)
         if a is None:
-            ax.plot([], [], color=_COLORS[i % 10], label=f"{name}: absent from data")
+            ax.plot([], [], color=COLORS[i % 10], label=f"{name}: absent from data")
             continue
         fpr, tpr, _ = roc_curve(yi, P[:, i])
-        ax.plot(fpr, tpr, color=_COLORS[i % 10], lw=1.4, label=f"{name} vs rest: AUC {a:.3f}")
+        ax.plot(fpr, tpr, color=COLORS[i % 10], lw=1.4, label=f"{name} vs rest: AUC {a:.3f}")
     _roc_ax(ax, "ROC, one-vs-rest")
-    ax.legend(loc="best", title=f"macro AUC: OvR {_fmt(met['roc_auc_macro_ovr'])}, "
-                                f"OvO {_fmt(met['roc_auc_macro_ovo'])}")
-    paths.append(_save(fig, out, "classification_roc.png", fmt))
+    ax.legend(loc="best", title=f"macro AUC: OvR {format_number(met['roc_auc_macro_ovr'])}, "
+                                f"OvO {format_number(met['roc_auc_macro_ovo'])}")
+    paths.append(save(fig, out, "classification_roc.png", fmt))
 
     cm = np.asarray(met["confusion_matrix"], dtype=float)
     cmn = np.asarray(met["confusion_matrix_normalized"], dtype=float)
@@ -330,19 +206,19 @@ def classification_plots(y_true, probs, class_names: Sequence[str], out_dir, fmt
                     ax.text(j, i, fmt_cell.format(v), ha="center", va="center", fontsize=8 if k <= 8 else 6,
                             color="white" if v > 0.6 * vmax else "black")
     fig.suptitle(f"Confusion matrix (N = {met['n']}, accuracy {met['accuracy']:.3f})")
-    paths.append(_save(fig, out, "classification_confusion.png", fmt))
+    paths.append(save(fig, out, "classification_confusion.png", fmt))
     return paths
 
 
 # --------------------------------------------------------------------------- lens finding
-@_journal
+@journal
 def lens_finding_plots(y_true, score, out_dir, fmt: str = "png") -> list[Path]:
     """ROC (linear and log false-positive rate, TPR0/TPR10 marked), precision-recall curve
     with average precision, and score histograms of lenses vs non-lenses."""
     y = _m._binary_labels(y_true)
     s = _m._as_1d(score, "score")
     met = _m.lens_finding_metrics(y, s)
-    out = _out(out_dir)
+    out = ensure_dir(out_dir)
     paths = []
     both = met["n_pos"] > 0 and met["n_neg"] > 0
 
@@ -350,8 +226,8 @@ def lens_finding_plots(y_true, score, out_dir, fmt: str = "png") -> list[Path]:
     if both:
         fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
         for ax in axes:
-            ax.plot(fpr, tpr, color=_COLORS[0], lw=1.4, label=f"model: AUC {met['auc']:.4f}")
-        for key, k, col in (("tpr0", 1, _COLORS[3]), ("tpr10", 10, _COLORS[2])):
+            ax.plot(fpr, tpr, color=COLORS[0], lw=1.4, label=f"model: AUC {met['auc']:.4f}")
+        for key, k, col in (("tpr0", 1, COLORS[3]), ("tpr10", 10, COLORS[2])):
             v = met[key]
             if v is not None and met["n_neg"] >= k:
                 f = (k - 1) / met["n_neg"]
@@ -372,14 +248,14 @@ def lens_finding_plots(y_true, score, out_dir, fmt: str = "png") -> list[Path]:
     ax.set_ylabel("true-positive rate")
     ax.set_title("ROC, low false-positive rate")
     ax.grid(alpha=0.3, which="both")
-    _legend_below(fig, axes[0], ncol=4)  # one legend for both panels, on neither curve
+    legend_below(fig, axes[0], ncol=4)  # one legend for both panels, on neither curve
     fig.suptitle(f"Lens finding (N = {met['n']}: {met['n_pos']} lenses, {met['n_neg']} non-lenses)")
-    paths.append(_save(fig, out, "lens_roc.png", fmt))
+    paths.append(save(fig, out, "lens_roc.png", fmt))
 
     fig, ax = plt.subplots(figsize=(SINGLE, 3.2), layout="constrained")
     if met["n_pos"]:
         prec, rec, _ = precision_recall_curve(y, s)
-        ax.plot(rec, prec, color=_COLORS[0], lw=1.4, drawstyle="steps-post",
+        ax.plot(rec, prec, color=COLORS[0], lw=1.4, drawstyle="steps-post",
                 label=f"model: AP {met['average_precision']:.4f}")
         ax.axhline(met["prevalence"], ls="--", color="0.6", lw=1,
                    label=f"random ranking: AP {met['prevalence']:.3f}")
@@ -390,13 +266,13 @@ def lens_finding_plots(y_true, score, out_dir, fmt: str = "png") -> list[Path]:
     ax.set_title("Precision-recall")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
-    paths.append(_save(fig, out, "lens_precision_recall.png", fmt))
+    paths.append(save(fig, out, "lens_precision_recall.png", fmt))
 
     fig, ax = plt.subplots(figsize=(SINGLE, 3.0), layout="constrained")
     prob_like = s.min() >= 0.0 and s.max() <= 1.0
     lo, hi = (0.0, 1.0) if prob_like else (float(s.min()), float(s.max()))
     bins = np.linspace(lo, hi if hi > lo else lo + 1.0, int(np.clip(1.5 * np.sqrt(len(s)), 10, 40)) + 1)
-    for lab, name, col in ((0, "non-lenses", _COLORS[0]), (1, "lenses", _COLORS[3])):
+    for lab, name, col in ((0, "non-lenses", COLORS[0]), (1, "lenses", COLORS[3])):
         v = s[y == lab]
         if v.size:
             ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.35, color=col)
@@ -410,9 +286,9 @@ def lens_finding_plots(y_true, score, out_dir, fmt: str = "png") -> list[Path]:
     ax.set_xlabel("lens score (probability)" if prob_like else "lens score")
     ax.set_ylabel("density (each class normalised)")
     ax.set_title("Score distribution")
-    _legend_below(fig, ax)
+    legend_below(fig, ax)
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out, "lens_score_hist.png", fmt))
+    paths.append(save(fig, out, "lens_score_hist.png", fmt))
     return paths
 
 
@@ -428,7 +304,7 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return (scaled, None) if scaled.shape[-1] == 3 else (scaled[..., 0], "gray")
 
 
-@_journal
+@journal
 def candidate_mosaic(images, scores, names: Sequence[str], path) -> Path:
     """The ranked lens candidates in a grid, each titled with rank, lens probability and name;
     multi-band stamps show their first three bands as RGB. The format is ``path``'s suffix."""
@@ -453,11 +329,11 @@ def candidate_mosaic(images, scores, names: Sequence[str], path) -> Path:
                      fontsize=6)
     fig.suptitle(f"Top {k} lens candidates (most lens-like first)")
     path = Path(path)
-    return _save(fig, _out(path.parent), path.name)
+    return save(fig, ensure_dir(path.parent), path.name)
 
 
 # --------------------------------------------------------------------------- anomaly
-@_journal
+@journal
 def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str, out_dir,
                   fmt: str = "png") -> list[Path]:
     """Anomaly-score histograms per class and ROC of each other class vs the normal class."""
@@ -466,7 +342,7 @@ def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str
     met = _m.anomaly_metrics(s, labels, normal_class)
     normal = met["normal_class"]
     classes = list(met["n_per_class"])
-    out = _out(out_dir)
+    out = ensure_dir(out_dir)
     paths = []
 
     fig, ax = plt.subplots(figsize=(SINGLE, 3.0 + 0.15 * len(classes)), layout="constrained")
@@ -478,15 +354,15 @@ def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str
         tag = " (normal)" if c == normal else ""
         # each class normalised to unit total, so classes of different sizes compare
         ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step", lw=1.4,
-                color=_COLORS[i % 10], label=f"{c}{tag}: N = {v.size}, mean {v.mean():.3g}")
+                color=COLORS[i % 10], label=f"{c}{tag}: N = {v.size}, mean {v.mean():.3g}")
     if positive:
         ax.set_xscale("log")
     ax.set_ylabel("fraction of the class per bin")
     ax.set_xlabel("anomaly score (higher = more anomalous)")
     ax.set_title(f"Anomaly scores by class (trained on {normal})")
-    _legend_below(fig, ax, ncol=1)
+    legend_below(fig, ax, ncol=1)
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out, "anomaly_score_hist.png", fmt))
+    paths.append(save(fig, out, "anomaly_score_hist.png", fmt))
 
     fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
     is_normal = labels == normal
@@ -496,16 +372,17 @@ def anomaly_plots(scores, class_names_per_item: Sequence[str], normal_class: str
                 continue
             m = is_normal | (labels == c)
             fpr, tpr, _ = roc_curve((labels[m] == c).astype(int), s[m])
-            ax.plot(fpr, tpr, lw=1.4, color=_COLORS[i % 10],
-                    label=f"{c} vs {normal}: AUC {_fmt(met['per_class_auc'][c], 4)}")
+            ax.plot(fpr, tpr, lw=1.4, color=COLORS[i % 10],
+                    label=f"{c} vs {normal}: AUC {format_number(met['per_class_auc'][c], 4)}")
         if len(classes) > 2:
             fpr, tpr, _ = roc_curve((~is_normal).astype(int), s)
-            ax.plot(fpr, tpr, lw=1.2, color="k", ls="-.", label=f"all vs {normal}: AUC {_fmt(met['auc_vs_all'], 4)}")
+            ax.plot(fpr, tpr, lw=1.2, color="k", ls="-.",
+                    label=f"all vs {normal}: AUC {format_number(met['auc_vs_all'], 4)}")
     _roc_ax(ax, f"ROC: anomalous classes vs {normal}")
     ax.set_xlabel(f"false-positive rate ({normal} flagged)")
     ax.set_ylabel("true-positive rate (anomalies flagged)")
     ax.legend(loc="best")
-    paths.append(_save(fig, out, "anomaly_roc.png", fmt))
+    paths.append(save(fig, out, "anomaly_roc.png", fmt))
     return paths
 
 
@@ -524,7 +401,7 @@ def reconstruction_examples(scores, class_names_per_item: Sequence[str], normal_
     return np.asarray(rows, np.int64)
 
 
-@_journal
+@journal
 def anomaly_reconstructions(images, reconstructions, scores, class_names_per_item: Sequence[str],
                             normal_class: str, out_dir, fmt: str = "png") -> list[Path]:
     """One row per image (e.g. picked by ``reconstruction_examples``): input, reconstruction and
@@ -553,7 +430,7 @@ def anomaly_reconstructions(images, reconstructions, scores, class_names_per_ite
         for ax in (a_in, a_rec, a_res):
             ax.set_axis_off()
     fig.suptitle("Reconstructions (standardised first band; lowest to highest score per class)")
-    return [_save(fig, _out(out_dir), "anomaly_reconstructions.png", fmt)]
+    return [save(fig, ensure_dir(out_dir), "anomaly_reconstructions.png", fmt)]
 
 
 # --------------------------------------------------------------------------- training curves
@@ -590,7 +467,7 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
     return data
 
 
-@_journal
+@journal
 def training_curves(history_csv, out_dir, fmt: str = "png") -> list[Path]:
     """Loss and each metric per epoch, train vs validation, from a Keras CSVLogger file.
 
@@ -619,14 +496,14 @@ def training_curves(history_csv, out_dir, fmt: str = "png") -> list[Path]:
         best_ep = ep[int(np.nanargmin(data["val_loss"]))]
     for ax, key in zip(axes.flat, panels):
         if key in lr_keys:
-            ax.plot(ep, data[key], color=_COLORS[2], lw=1.4, marker="." if len(ep) < 60 else None)
+            ax.plot(ep, data[key], color=COLORS[2], lw=1.4, marker="." if len(ep) < 60 else None)
             if np.all(data[key][np.isfinite(data[key])] > 0):
                 ax.set_yscale("log")
             ax.set_title("learning rate")
             ax.set_ylabel("learning rate")
         else:
             vals = []
-            for col, lab, c in ((key, "train", _COLORS[0]), ("val_" + key, "validation", _COLORS[1])):
+            for col, lab, c in ((key, "train", COLORS[0]), ("val_" + key, "validation", COLORS[1])):
                 if col in data:
                     ax.plot(ep, data[col], color=c, lw=1.4, marker="." if len(ep) < 60 else None, label=lab)
                     vals.append(data[col][np.isfinite(data[col])])
@@ -647,7 +524,7 @@ def training_curves(history_csv, out_dir, fmt: str = "png") -> list[Path]:
     if best_ep is not None:
         title += f"; best val_loss at epoch {int(best_ep)} (dotted)"
     fig.suptitle(title)
-    return [_save(fig, _out(out_dir), "training_curves.png", fmt)]
+    return [save(fig, ensure_dir(out_dir), "training_curves.png", fmt)]
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -688,7 +565,7 @@ def plots_for_task(task: str, y_true, y_pred, out_dir, class_names=None, **kwarg
     return fn(y_true, y_pred, out_dir, class_names=class_names, **kwargs)
 
 
-@_journal
+@journal
 def metric_against_time(rows, path: Path) -> None:
     """The headline metric of every finished seed against its training time, one colour per run."""
     finished = rows[rows["status"] == "finished"]
@@ -702,150 +579,4 @@ def metric_against_time(rows, path: Path) -> None:
     if len(finished):
         ax.legend(loc="best")
     fig.tight_layout()
-    _save(fig, Path(path).parent, Path(path).name)
-
-
-# --------------------------------------------------------------------------- uncertainty
-
-_MAX_ERRORBARS = 1500  # more bars than this hide one another: a random subset is drawn
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} %"
-
-
-def _identity_axes(ax, lo: float, hi: float, label: str, title: str) -> None:
-    """Square predicted-vs-true axes over [lo, hi] with the identity line (regression_plots could share it)."""
-    ax.plot([lo, hi], [lo, hi], color="k", lw=1.2, label="identity (pred = true)")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal")
-    ax.xaxis.set_major_locator(_few_ticks())
-    ax.yaxis.set_major_locator(_few_ticks())
-    ax.set_xlabel(f"true {label}")
-    ax.set_ylabel(f"predicted {label}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-
-
-def _errorbar_plot(y, mu, half, bar: str, met: dict, label: str) -> Any:
-    n = len(y)
-    show = np.arange(n)
-    if n > _MAX_ERRORBARS:
-        show = np.sort(np.random.default_rng(0).choice(n, _MAX_ERRORBARS, replace=False))
-    fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
-    lo, hi = float(min(y.min(), mu.min())), float(max(y.max(), mu.max()))
-    pad = 0.04 * (hi - lo or 1.0)
-    ax.errorbar(y[show], mu[show], yerr=half[show], fmt="o", ms=2.5, color=_COLORS[0], elinewidth=0.6,
-                alpha=float(np.clip(300.0 / len(show), 0.25, 0.9)),
-                label=f"{bar} ({len(show)} of {n} items)" if len(show) < n else bar)
-    _identity_axes(ax, lo - pad, hi + pad, label, "Predicted vs true, with 68 % error bars")
-    if met["nll"] is None:  # a point-estimate model: calibrated intervals only
-        _text_box(ax, f"N = {n}\ncoverage of the calibrated\n68 % interval {_pct(met['coverage_68_calibrated'])}\n"
-                      f"95 % interval {_pct(met['coverage_95_calibrated'])}")
-    else:
-        _text_box(ax, f"N = {n}   NLL = {_fmt(met['nll'])}\ncoverage   raw      calibrated\n"
-                      f"68 %     {_pct(met['coverage_68']):>7}  {_pct(met['coverage_68_calibrated']):>7}\n"
-                      f"95 %     {_pct(met['coverage_95']):>7}  {_pct(met['coverage_95_calibrated']):>7}")
-    return fig
-
-
-def _coverage_plot(y, mu, s, calibration, met: dict) -> Any:
-    fig, ax = plt.subplots(figsize=(SINGLE, SINGLE), layout="constrained")
-    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="ideal (empirical = nominal)")
-    if s is not None:
-        nominal, empirical = _u.calibration_curve(y, mu, s, np.linspace(0.01, 0.99, 99))
-        ax.plot(nominal, empirical, color=_COLORS[0], lw=1.8,
-                label=f"Gaussian, predicted sigma (error {_fmt(met['calibration_error'])})")
-    if calibration is not None:
-        levels = calibration["levels"]
-        hits = [_u.coverage(y, *_u.conformal_interval(mu, s, calibration, v)) for v in levels]
-        ax.plot(levels, hits, "o", ms=7, color=_COLORS[3], label="conformal, calibrated on validation")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("nominal coverage of the central interval")
-    ax.set_ylabel("empirical coverage (fraction of items inside)")
-    ax.set_title(f"Interval coverage (N = {len(y)})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    return fig
-
-
-def _normalised_residual_plot(y, mu, s) -> Any:
-    z = (mu - y) / s
-    lim = float(np.clip(np.percentile(np.abs(z), 99.5), 4.0, 10.0))
-    fig, ax = plt.subplots(figsize=(SINGLE, 0.75 * SINGLE), layout="constrained")
-    bins = np.linspace(-lim, lim, int(np.clip(np.sqrt(len(z)), 10, 60)) + 1)
-    ax.hist(np.clip(z, -lim, lim), bins=bins, density=True, color=_COLORS[0], alpha=0.75, edgecolor="white",
-            linewidth=0.4, label=f"items (beyond ±{lim:.1f} piled at the edges)")
-    xs = np.linspace(-lim, lim, 400)
-    ax.plot(xs, np.exp(-0.5 * xs**2) / math.sqrt(2 * math.pi), color="k", lw=1.5, label="unit normal N(0, 1)")
-    ax.set_xlabel("(predicted − true) / sigma")
-    ax.set_ylabel("density")
-    ax.set_title("Residual / sigma against a unit normal")
-    _legend_below(fig, ax)
-    _text_box(ax, f"mean = {_signed(float(z.mean()))}\nstd  = {z.std():.3f}\n"
-                  f"|z| <= 1: {_pct(float(np.mean(np.abs(z) <= 1)))} (68.3 % ideal)")
-    return fig
-
-
-@_journal
-def regression_uncertainty_plots(y, mean, sigma, out_dir, label: str = DEFAULT_TARGET_LABEL,
-                                 calibration: dict | None = None, fmt: str = "png") -> list[Path]:
-    """``pred_vs_true_errorbars.png`` (68 % error bars: the calibrated half-width when ``calibration``
-    (uncertainty.fit_conformal) has the 0.68 level, else sigma), ``coverage.png`` (empirical vs nominal
-    coverage) and ``residual_over_sigma.png`` (against a unit normal; drawn only with a sigma).
-
-    ``sigma`` may be None for a plain model with an absolute calibration.
-    """
-    label = target_label(label)
-    y, mu, s = _u._regression_inputs(y, mean, sigma)
-    has68 = calibration is not None and _u._calibrated_quantile(calibration, 0.68) is not None
-    if s is None and not has68:
-        raise ValueError("regression_uncertainty_plots needs sigma or a calibration with the 0.68 level. "
-                         "Received: sigma=None, calibration levels "
-                         f"{None if calibration is None else calibration['levels']}")
-    unit = _residual_unit(label)
-    if has68:
-        lo, hi = _u.conformal_interval(mu, s, calibration, 0.68)
-        half, bar = (hi - lo) / 2, "calibrated 68 % interval"
-    else:
-        half, bar = s, f"±1 predicted sigma{f' [{unit}]' if unit else ''}"
-    met = _u.regression_uncertainty_metrics(y, mu, s, calibration)
-    out = _out(out_dir)
-    paths = [_save(_errorbar_plot(y, mu, half, bar, met, label), out, "pred_vs_true_errorbars.png", fmt),
-             _save(_coverage_plot(y, mu, s, calibration, met), out, "coverage.png", fmt)]
-    if s is not None:
-        paths.append(_save(_normalised_residual_plot(y, mu, s), out, "residual_over_sigma.png", fmt))
-    return paths
-
-
-@_journal
-def reliability_diagram(y, probs, out_dir, name: str = "reliability.png", probs_calibrated=None,
-                        fmt: str = "png") -> Path:
-    """Accuracy against top-label confidence per bin (ECE in the legend) over the item counts per bin;
-    ``probs_calibrated`` (e.g. temperature-scaled) is drawn beside the raw probabilities."""
-    series = [("raw", probs, _COLORS[0])]
-    if probs_calibrated is not None:
-        series.append(("calibrated", probs_calibrated, _COLORS[3]))
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=(SINGLE, 1.2 * SINGLE), height_ratios=[3, 1], sharex=True,
-                                  layout="constrained")
-    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
-    for lab, P, color in series:
-        t = _u.reliability_table(y, P)
-        conf = np.array([np.nan if v is None else v for v in t["confidence"]])
-        acc = np.array([np.nan if v is None else v for v in t["accuracy"]])
-        ax.plot(conf, acc, "o-", color=color, lw=1.6, ms=5, label=f"{lab}: ECE {t['ece']:.3f}")
-        axc.stairs(t["count"], t["bin_edges"], color=color, lw=1.6, label=lab)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("accuracy (fraction correct)")
-    ax.set_title(f"Reliability (N = {t['n']}, {len(t['count'])} equal-width bins)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    axc.set_xlabel("confidence (top-label probability)")
-    axc.set_ylabel("items")
-    axc.grid(alpha=0.3)
-    return _save(fig, _out(out_dir), name, fmt)
+    save(fig, Path(path).parent, Path(path).name)

@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf import runs
-from deeplense_tf.evaluation import metrics, plots, uncertainty
+from deeplense_tf.evaluation import metrics, plots
+from deeplense_tf.evaluation.bootstrap import metric_intervals
+from deeplense_tf.evaluation.calibration import apply_temperature, expected_calibration_error
+from deeplense_tf.evaluation.intervals import conformal_interval, regression_uncertainty_metrics
+from deeplense_tf.evaluation.uncertainty_plots import regression_uncertainty_plots, reliability_diagram
 from deeplense_tf.models.autoencoders import reconstruction_model
 
 DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
@@ -51,7 +55,7 @@ def calibrated_probabilities(task: str, outputs: np.ndarray, calibration: dict |
     """Classifier / lens-finder outputs with the run's temperature applied (if it has one)."""
     probs = outputs if task == "classification" else np.asarray(outputs).reshape(-1)
     if calibration and calibration.get("temperature"):
-        return uncertainty.apply_temperature(probs, calibration["temperature"])
+        return apply_temperature(probs, calibration["temperature"])
     return probs
 
 
@@ -81,15 +85,15 @@ def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: di
     for column, side in metrics.LENS_KIND_COLUMNS.items():  # simulated survey stamps: AUC per kind
         if task == "lens_finding" and column in table.columns:
             result[f"by_{column}"] = metrics.lens_finding_metrics_by_kind(y, y_pred, table[column].to_numpy(), side)
-    result["ci95"] = uncertainty.metric_intervals(task, y, y_pred, class_names=names, **extra)
+    result["ci95"] = metric_intervals(task, y, y_pred, class_names=names, **extra)
     conformal = (calibration or {}).get("conformal")
     if task == "regression":
-        result["uncertainty"] = uncertainty.regression_uncertainty_metrics(y, y_pred, sigma, conformal)
+        result["uncertainty"] = regression_uncertainty_metrics(y, y_pred, sigma, conformal)
     elif task in ("classification", "lens_finding"):
         raw = outputs if task == "classification" else np.asarray(outputs).reshape(-1)
         result["calibration"] = {"temperature": (calibration or {}).get("temperature"),
-                                 "ece": uncertainty.expected_calibration_error(y, y_pred),
-                                 "ece_uncalibrated": uncertainty.expected_calibration_error(y, raw)}
+                                 "ece": expected_calibration_error(y, y_pred),
+                                 "ece_uncalibrated": expected_calibration_error(y, raw)}
     document = {**header, "task": task, "metrics": result}
     runs.write_json(out_dir / "metrics.json", document)
     predictions_frame(task, y, y_pred, info, table, sigma, conformal).to_csv(out_dir / "predictions.csv",
@@ -98,11 +102,10 @@ def evaluate_predictions(task: str, y: np.ndarray, outputs: np.ndarray, info: di
     plots.plots_for_task(task, y, y_pred, plot_dir, class_names=names, label=info.get("target"), fmt=plot_format,
                          **extra)
     if task == "regression" and (sigma is not None or conformal):
-        plots.regression_uncertainty_plots(y, y_pred, sigma, plot_dir, label=info.get("target"),
-                                           calibration=conformal, fmt=plot_format)
+        regression_uncertainty_plots(y, y_pred, sigma, plot_dir, label=info.get("target"), calibration=conformal,
+                                     fmt=plot_format)
     elif task in ("classification", "lens_finding"):
-        plots.reliability_diagram(y, raw, plot_dir, probs_calibrated=y_pred if calibration else None,
-                                  fmt=plot_format)
+        reliability_diagram(y, raw, plot_dir, probs_calibrated=y_pred if calibration else None, fmt=plot_format)
     if task == "anomaly" and model is not None and images is not None:
         reconstruction_plot(model, images, y_pred, np.asarray(info["class_names"])[y], extra["normal_class"],
                             plot_dir, fmt=plot_format)
@@ -135,7 +138,7 @@ def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, 
         if sigma is not None:
             frame[f"sigma_{target}"] = sigma
         for level in (conformal or {}).get("levels", []):
-            lower, upper = uncertainty.conformal_interval(y_pred, sigma, conformal, level)
+            lower, upper = conformal_interval(y_pred, sigma, conformal, level)
             frame[f"lower{round(level * 100)}_{target}"] = lower
             frame[f"upper{round(level * 100)}_{target}"] = upper
         if target.startswith("log10_"):

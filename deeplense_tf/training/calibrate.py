@@ -22,7 +22,8 @@ from sklearn.covariance import LedoitWolf
 from deeplense_tf import runs
 from deeplense_tf.config import RunConfig
 from deeplense_tf.data.prepare import check_split, prepare_data
-from deeplense_tf.evaluation import uncertainty
+from deeplense_tf.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from deeplense_tf.evaluation.intervals import fit_conformal
 from deeplense_tf.evaluation.report import predict, regression_outputs
 from deeplense_tf.models.heads import features_model
 
@@ -43,16 +44,16 @@ def calibrate(model, task: str, val: tuple[np.ndarray, np.ndarray], train: tuple
     outputs = predict(model, x_val, batch_size)
     if task == "regression":
         mean, sigma = regression_outputs(outputs)
-        calibration["conformal"] = uncertainty.fit_conformal(y_val, mean, sigma, LEVELS)
+        calibration["conformal"] = fit_conformal(y_val, mean, sigma, LEVELS)
         if train is not None:
             calibration["target_range"] = [float(np.min(train[1])), float(np.max(train[1]))]
     else:
         probs = outputs if task == "classification" else outputs.reshape(-1)
-        temperature = uncertainty.fit_temperature(y_val, probs)
+        temperature = fit_temperature(y_val, probs)
         calibration["temperature"] = float(temperature)
-        calibration["val_ece"] = {"uncalibrated": uncertainty.expected_calibration_error(y_val, probs),
-                                  "calibrated": uncertainty.expected_calibration_error(
-                                      y_val, uncertainty.apply_temperature(probs, temperature))}
+        calibrated = apply_temperature(probs, temperature)
+        calibration["val_ece"] = {"uncalibrated": expected_calibration_error(y_val, probs),
+                                  "calibrated": expected_calibration_error(y_val, calibrated)}
     stats = feature_statistics(model, x_val, train[0] if train is not None else None, batch_size, seed)
     calibration["feature_distance_threshold"] = float(stats.pop("threshold"))
     return calibration, stats
