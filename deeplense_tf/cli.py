@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from deeplense_tf.config import (CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, PLOT_FORMATS, SCHEDULES,
-                                 STRATEGIES, TASKS, UNCERTAINTIES, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig,
+                                 STRATEGIES, TASKS, TRACKERS, UNCERTAINTIES, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig,
                                  TrainConfig, arch_train_defaults, replace, with_arch_defaults)
 from deeplense_tf.errors import UserError
 from deeplense_tf.version import __version__
@@ -163,6 +163,9 @@ def add_run_flags(run, resume: bool = True, out_help: str | None = None) -> None
     run.add_argument("--jit-compile", action="store_true", default=None,
                      help="XLA compilation: off by default, it made CPU training 5-7x slower; try it on GPUs")
     run.add_argument("--out", help=out_help or f"parent folder of run directories (default {t.out}/)")
+    run.add_argument("--tracker", choices=TRACKERS, help=f"also log the run to an experiment tracker (default "
+                     f"{t.tracker}); mlflow: MLFLOW_TRACKING_URI, else a file store <--out>/mlruns (pip install -e "
+                     "\".[mlflow]\")")
     run.add_argument("--plot-format", choices=PLOT_FORMATS, help=f"file format of the plots (default {t.plot_format}, "
                      "300 dpi); pdf or svg: vector figures for a paper")
     if resume:

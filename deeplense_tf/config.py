@@ -28,6 +28,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 VALIDATE_MODES = ("full", "quick")
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 PLOT_FORMATS = ("png", "pdf", "svg")
+TRACKERS = ("none", "mlflow")
 DATA_PATH_FIELDS = ("data", "val_data", "test_data")
 
 
@@ -200,6 +201,8 @@ class TrainConfig:
     strategy: str = "auto"
     # File format of the run's plots: png (300 dpi), or pdf / svg (vector) for a paper.
     plot_format: str = "png"
+    # Experiment tracker beside TensorBoard (training/tracking.py): none, or mlflow (an extra).
+    tracker: str = "none"
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,7 @@ def validate(config: RunConfig) -> None:
         (t.sam_rho >= 0, f"sam_rho must be >= 0. Received: {t.sam_rho}"),
         (t.ema is None or 0 < t.ema < 1, f"ema (the average's momentum) must be in (0, 1), e.g. 0.99. "
          f"Received: ema={t.ema}"),
+        (t.tracker in TRACKERS, f"tracker must be one of {TRACKERS}. Received: tracker={t.tracker!r}"),
         (t.plot_format in PLOT_FORMATS, f"plot_format must be one of {PLOT_FORMATS}. "
          f"Received: plot_format={t.plot_format!r}"),
         (t.early_stopping >= 0, f"early_stopping must be >= 0 epochs. Received: {t.early_stopping}"),

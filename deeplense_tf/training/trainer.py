@@ -43,6 +43,7 @@ from deeplense_tf.training.finetune import finetune_callbacks, set_finetune_stat
 from deeplense_tf.training.losses import gaussian_metrics, task_loss  # also registers what checkpoints name
 from deeplense_tf.training.reseed import ReseedRandomLayers
 from deeplense_tf.training.sam import enable_sam
+from deeplense_tf.training.tracking import MLflowLogger, check_tracker, log_results
 from deeplense_tf.training.schedules import learning_rate  # also registers the schedules checkpoints name
 
 OPTIMIZER_FACTORIES = {  # kw: --ema's use_ema / ema_momentum (ema.py)
@@ -62,6 +63,7 @@ def train_run(config: RunConfig) -> Path:
     check_arch_task(config.model.arch, config.model.task)  # a typo fails now, not after minutes of data loading
     check_weights(config.model.arch, config.model.weights)  # imagenet for an arch without it: refused now
     runs.check_room(config.train.out, 0)  # an unwritable --out fails before the data are read or simulated
+    check_tracker(config.train.tracker)  # --tracker mlflow without MLflow: refused now
     strategy = set_up(config.train)
     data = prepare_data(config)
     model = new_model(config, data, strategy)  # before the run folder exists: a bad arch or weights writes nothing
@@ -119,6 +121,7 @@ def check_batch_size(batch_size: int, n_train: int) -> None:
 def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
     run_dir = runs.require_run_dir(run_dir)
     config = RunConfig.load(run_dir / runs.CONFIG)
+    check_tracker(config.train.tracker)
     if epochs is not None:
         config = replace(config, train={"epochs": epochs})
         config.save(run_dir / runs.CONFIG)
@@ -340,8 +343,11 @@ def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: 
 def hparams_callbacks(config: RunConfig, run_dir: Path) -> tuple:
     """Every config field as a TensorBoard HParams session in the run's logs/ (the chief's only: one
     writer per run): ``tensorboard --logdir runs`` compares runs in its HParams tab."""
+    if not is_chief():
+        return ()
     values = {name: value for section in config.to_dict().values() for name, value in section.items()}
-    return (hparams_callback(run_dir / "logs", values, run_dir.name),) if is_chief() else ()
+    trackers = (MLflowLogger(run_dir, config.to_dict()),) if config.train.tracker == "mlflow" else ()
+    return (hparams_callback(run_dir / "logs", values, run_dir.name), *trackers)
 
 
 def batch_norm_callbacks(model: keras.Model, config: RunConfig, inputs: FitInputs) -> tuple:
@@ -413,6 +419,8 @@ def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
     if (run_dir / "history.csv").is_file():
         training_curves(run_dir / "history.csv", run_dir / "plots", fmt=config.train.plot_format)
     paths = export_run(model, run_dir, export_metadata(info, calibration), features)
+    if config.train.tracker == "mlflow":
+        log_results(run_dir, document["metrics"])
     print(summary_line(document))
     print(f"metrics:     {run_dir / 'metrics.json'}\npredictions: {run_dir / 'predictions.csv'}\n"
           f"plots:       {run_dir / 'plots'}\nSavedModel:  {paths['saved_model']}\nKeras model: {paths['keras']}\n"
