@@ -27,7 +27,7 @@ def write_study(path, raw=TINY):
 
 
 def test_builtin_studies_load(capsys):
-    assert {"cpu", "literature", "zoo"} <= set(study.builtin_studies())
+    assert {"cpu", "literature", "zoo", "physics"} <= set(study.builtin_studies())
     for name in study.builtin_studies():
         assert study.load_study(name).runs
     assert study.main(["--list"]) == 0
