@@ -34,7 +34,7 @@ from deeplense_tf.data.npy import BAD_SHAPE, PICKLED, UNREADABLE, BadFile, read_
 from deeplense_tf.data.shards import MANIFEST
 from deeplense_tf.data.sources import load_data
 from deeplense_tf.errors import DataError, UserError
-from deeplense_tf.tasks import target_units
+from deeplense_tf.tasks import regression_columns, target_units
 
 SHOWN_ROWS = 20  # without --out: rows printed (a survey is 100,000 stamps)
 
@@ -174,9 +174,10 @@ def named(task: str, outputs) -> dict[str, np.ndarray]:
 def format_predictions(info: dict, files, outputs, calibration: dict | None = None) -> pd.DataFrame:
     """``files``: a list of paths, or a table whose ``file`` (and ``ID``) columns name the images.
 
-    Regression: the target (the mean), its ``_sigma`` (``--uncertainty gaussian``), the calibrated
-    ``_lower68`` / ``_upper68`` / ``_lower95`` / ``_upper95``, the same in physical units for ``log10_*``
-    targets (e.g. ``axion_mass`` in eV), and ``outside_training_range`` where the prediction lies
+    Regression: the columns of ``evaluate``'s predictions (``tasks.regression_columns``): ``pred_<target>``
+    (the mean), ``sigma_<target>`` (``--uncertainty gaussian``), the calibrated ``lower68_<target>`` ...
+    ``upper95_<target>``, the same in physical units for ``log10_*`` targets (``pred_axion_mass``, ... in
+    eV), and ``outside_training_range`` where the prediction lies
     outside the targets the model was trained on. Every supervised task: ``feature_distance`` and
     ``far_from_training`` (beyond the 99th percentile of the validation images' distance: the image is
     unlike anything the model was trained on, and its output should not be trusted)."""
@@ -190,18 +191,10 @@ def format_predictions(info: dict, files, outputs, calibration: dict | None = No
         for i, name in enumerate(names):
             frame[f"prob_{name}"] = out["probabilities"][:, i]
     elif task == "regression":
-        target = info["target"]
-        frame[target] = out["mean"]
-        columns = {"sigma": f"{target}_sigma", **{f"{side}{level}": f"{target}_{side}{level}"
-                                                  for level in (68, 95) for side in ("lower", "upper")}}
-        for key, column in columns.items():
-            if key in out:
-                frame[column] = out[key]
-        if target.startswith("log10_"):
-            for key in ("mean", "lower68", "upper68", "lower95", "upper95"):
-                if key in out:
-                    suffix = "" if key == "mean" else f"_{key}"
-                    frame[f"{target[6:]}{suffix}"] = 10.0 ** out[key].astype(np.float64)
+        bounds = {f"{side}{level}": out[f"{side}{level}"] for level in (68, 95) for side in ("lower", "upper")
+                  if f"{side}{level}" in out}
+        for column, values in regression_columns(info["target"], out["mean"], out.get("sigma"), bounds).items():
+            frame[column] = values
         if "target_range" in calibration:
             low, high = calibration["target_range"]
             frame["outside_training_range"] = (out["mean"] < low) | (out["mean"] > high)
@@ -257,7 +250,7 @@ def summary(frame: pd.DataFrame, info: dict) -> list[str]:
         lines.append(f"lens probability above 0.5: {int((p > 0.5).sum())} (highest {p.max():.3f})")
     else:
         column = info["target"] if task == "regression" else "anomaly_score"
-        values = frame[column].to_numpy(np.float64)
+        values = frame[f"pred_{column}" if task == "regression" else column].to_numpy(np.float64)
         units = f" [{target_units(column)}]" if task == "regression" and target_units(column) else ""
         lines.append(f"{column}{units}: mean {values.mean():.4g}, range {values.min():.4g} .. {values.max():.4g}")
         if task == "regression" and column.startswith("log10_"):

@@ -132,3 +132,19 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ConfigError(f"unknown task '{name}'. Choose one of {sorted(TASKS)}")
     return TASKS[name]
+
+
+def regression_columns(target: str, mean, sigma=None, bounds: dict | None = None) -> dict[str, np.ndarray]:
+    """The regression columns of every predictions file (``evaluate``'s and ``predict``'s alike):
+    ``pred_<target>``, ``sigma_<target>``, ``lower68_<target>`` ... ``upper95_<target>`` (``bounds``:
+    ``{"lower68": ..., ...}``), and for ``log10_*`` targets the prediction and its interval in
+    physical units (``pred_axion_mass``, ``lower68_axion_mass``, ... in eV)."""
+    columns = {f"pred_{target}": np.asarray(mean)}
+    if sigma is not None:
+        columns[f"sigma_{target}"] = np.asarray(sigma)
+    for key, values in (bounds or {}).items():
+        columns[f"{key}_{target}"] = np.asarray(values)
+    if target.startswith("log10_"):
+        for key in ("pred", *(bounds or {})):
+            columns[f"{key}_{target[6:]}"] = 10.0 ** columns[f"{key}_{target}"].astype(np.float64)
+    return columns

@@ -90,7 +90,7 @@ def test_predict_regression_in_ev(regression_run, sim_cache, tmp_path):
     files = sorted(sim_cache.rglob("axion/*.npy"))[:2]
     assert predict.main(["--model", str(regression_run), *map(str, files), "--out", str(tmp_path / "p.csv")]) == 0
     frame = pd.read_csv(tmp_path / "p.csv")
-    assert (frame["axion_mass"] > 0).all() and frame["log10_axion_mass"].notna().all()
+    assert (frame["pred_axion_mass"] > 0).all() and frame["pred_log10_axion_mass"].notna().all()
 
 
 def test_evaluate_with_tta(classification_run, tmp_path):

@@ -206,7 +206,7 @@ def classified(n: int) -> pd.DataFrame:
 @pytest.mark.parametrize("info, frame, expected", [
     (CLASS_INFO, classified(5), "predicted: axion 3, cdm 2, no_sub 0"),
     ({"task": "regression", "target": "log10_axion_mass"},
-     pd.DataFrame({"log10_axion_mass": [-23.0, -22.0]}),
+     pd.DataFrame({"pred_log10_axion_mass": [-23.0, -22.0]}),
      "log10_axion_mass [log10(m_a / eV)]: mean -22.5, range -23 .. -22"),
     ({"task": "lens_finding"}, pd.DataFrame({"lens_probability": [0.9, 0.7, 0.2]}),
      "lens probability above 0.5: 2 (highest 0.900)"),

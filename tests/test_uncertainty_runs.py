@@ -70,10 +70,14 @@ def test_predict_writes_mean_sigma_interval_and_flags(gaussian_run, sim_cache, t
     out = tmp_path / "p.csv"
     assert predict.main(["--model", str(run), *map(str, files), "--out", str(out)]) == 0
     frame = pd.read_csv(out)
-    for column in ("log10_axion_mass", "log10_axion_mass_sigma", "log10_axion_mass_lower68", "axion_mass_upper95",
-                   "outside_training_range", "feature_distance", "far_from_training"):
+    for column in ("pred_log10_axion_mass", "sigma_log10_axion_mass", "lower68_log10_axion_mass",
+                   "upper95_axion_mass", "outside_training_range", "feature_distance", "far_from_training"):
         assert column in frame, column
-    assert (frame["log10_axion_mass_lower68"] < frame["log10_axion_mass"]).all()
+    assert (frame["lower68_log10_axion_mass"] < frame["pred_log10_axion_mass"]).all()
+    # the same columns as the run's own predictions.csv (evaluate), less the truth and the simulator's
+    evaluated = pd.read_csv(run / "predictions.csv")
+    regression = [c for c in evaluated.columns if c.startswith(("pred_", "sigma_", "lower", "upper"))]
+    assert regression and set(regression) <= set(frame.columns)
 
 
 @pytest.mark.slow

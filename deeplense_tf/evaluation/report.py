@@ -20,6 +20,7 @@ from deeplense_tf.evaluation.calibration import apply_temperature, expected_cali
 from deeplense_tf.evaluation.intervals import conformal_interval, regression_uncertainty_metrics
 from deeplense_tf.evaluation.uncertainty_plots import regression_uncertainty_plots, reliability_diagram
 from deeplense_tf.models.autoencoders import reconstruction_model
+from deeplense_tf.tasks import regression_columns
 
 DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 # simulator metadata copied into predictions.csv, where present, so results can be binned by them
@@ -134,15 +135,12 @@ def predictions_frame(task: str, y: np.ndarray, y_pred: np.ndarray, info: dict, 
     elif task == "regression":
         target = info.get("target", "target")
         frame[f"true_{target}"] = y
-        frame[f"pred_{target}"] = y_pred
-        if sigma is not None:
-            frame[f"sigma_{target}"] = sigma
+        bounds = {}
         for level in (conformal or {}).get("levels", []):
-            lower, upper = conformal_interval(y_pred, sigma, conformal, level)
-            frame[f"lower{round(level * 100)}_{target}"] = lower
-            frame[f"upper{round(level * 100)}_{target}"] = upper
-        if target.startswith("log10_"):
-            frame[f"pred_{target[6:]}"] = 10.0 ** y_pred.astype(np.float64)
+            bounds[f"lower{round(level * 100)}"], bounds[f"upper{round(level * 100)}"] = \
+                conformal_interval(y_pred, sigma, conformal, level)
+        for column, values in regression_columns(target, y_pred, sigma, bounds).items():
+            frame[column] = values
     elif task == "anomaly":
         frame["true"] = np.asarray(info["class_names"])[y]
         frame["anomaly_score"] = y_pred
