@@ -155,3 +155,22 @@ def test_stale_temporaries_are_swept_and_real_files_kept(tmp_path):
     assert (checkpoints / "last.keras").read_bytes() == b"real"
     assert (export / "saved_model").is_dir()
     assert sorted(p.name for p in tmp_path.rglob(".*")) == []
+
+
+@pytest.mark.parametrize("val_loss, recovered", [(0.4, True), (0.6, False)])
+def test_a_best_checkpoint_lost_to_a_kill_is_recovered_from_last(tmp_path, val_loss, recovered):
+    """Killed after last.keras and state.json, before best.keras, in an epoch that improved (0.4 < 0.5):
+    last.keras holds that epoch's weights and becomes best.keras; an epoch that did not improve changes nothing."""
+    from deeplense_tf import runs
+    from deeplense_tf.config import RunConfig, replace
+    from deeplense_tf.training.trainer import recover_lost_best
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / runs.LAST).write_bytes(b"epoch 2 weights")
+    (tmp_path / runs.BEST).write_bytes(b"epoch 1 weights")
+    runs.write_json(tmp_path / runs.STATE, {"epochs_done": 2, "monitor": "val_loss", "best": 0.5, "best_epoch": 1})
+    pd.DataFrame({"epoch": [0, 1], "val_loss": [0.5, val_loss]}).to_csv(tmp_path / "history.csv", index=False)
+    recover_lost_best(tmp_path, replace(RunConfig(), model={"task": "classification"}), done=2)
+    state = runs.read_json(tmp_path / runs.STATE)
+    assert (tmp_path / runs.BEST).read_bytes() == (b"epoch 2 weights" if recovered else b"epoch 1 weights")
+    assert (state["best"], state["best_epoch"]) == ((0.4, 2) if recovered else (0.5, 1))

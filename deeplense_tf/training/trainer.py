@@ -7,6 +7,7 @@ metrics and plots from the best checkpoint -> SavedModel + ``.keras``.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -132,6 +133,8 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
         return restart_run(run_dir, config)
     checkpoint, done = found
     trim_history(run_dir, done)  # rows of an epoch killed after its history row, before its checkpoint
+    if checkpoint == runs.LAST:
+        recover_lost_best(run_dir, config, done)
     strategy = set_up(config.train)
     data = prepare_data(config)
     check_split(data, run_dir / "split.csv")
@@ -174,6 +177,28 @@ def trim_history(run_dir: Path, epochs: int) -> None:
         history = pd.read_csv(path)
         with runs.atomic_path(path, suffix=".csv") as tmp:
             history[history["epoch"] < epochs].to_csv(tmp, index=False)
+
+
+def recover_lost_best(run_dir: Path, config: RunConfig, done: int) -> None:
+    """A kill after last.keras and state.json but before best.keras leaves best.keras an epoch behind
+    when that epoch improved (the checkpoint order, callbacks.AtomicCheckpoint): history.csv's row of
+    the epoch says whether it did, and last.keras holds its weights, so they become best.keras.
+    Not with --ema, whose best.keras holds the averaged weights."""
+    state_path, history_path = run_dir / runs.STATE, run_dir / "history.csv"
+    if config.train.ema or not state_path.is_file() or not history_path.is_file() or not history_path.stat().st_size:
+        return
+    state, task = runs.read_json(state_path), get_task(config.model.task)
+    row = pd.read_csv(history_path).query("epoch == @done - 1")
+    if row.empty or task.monitor not in row or state.get("best_epoch") == done:
+        return
+    value, best = float(row[task.monitor].iloc[0]), state.get("best")
+    sign = 1.0 if task.monitor_mode == "min" else -1.0
+    if math.isfinite(value) and (best is None or sign * value < sign * best):
+        with runs.atomic_path(run_dir / runs.BEST, suffix=".keras") as tmp:
+            shutil.copyfile(run_dir / runs.LAST, tmp)
+        runs.write_json(state_path, {**state, "best": value, "best_epoch": done})
+        print(f"epoch {done} improved {task.monitor} but was killed before {runs.BEST} was written: "
+              f"{runs.LAST} (its weights) copied there")
 
 
 def restore_schedule(model: keras.Model, config: RunConfig, steps: int) -> None:
