@@ -127,6 +127,8 @@ def add_optimisation_flags(opt) -> None:
                      "runs); validation, best.keras, test metrics and export use the average (default: off)")
     opt.add_argument("--loss", choices=[v for v in LOSSES if v],
                      help="regression loss on the target in its own units (default mse)")
+    opt.add_argument("--nll-beta", type=float, help=f"--uncertainty gaussian: beta of the beta-NLL loss, 0 = plain "
+                     f"Gaussian NLL (default {t.nll_beta})")
     opt.add_argument("--label-smoothing", type=float, help="classification / lens finding (default 0)")
     opt.add_argument("--class-weights", choices=CLASS_WEIGHTS,
                      help="balanced: weight images by inverse class frequency (classification, lens finding; "

@@ -175,6 +175,9 @@ class TrainConfig:
     ema: float | None = None
     # Regression loss on the target in its own units (dex): mse, huber (delta 1) or mae; None = the task's default.
     loss: str | None = None
+    # --uncertainty gaussian: the beta of the beta-NLL loss (Seitzer et al. 2022); 0 = plain Gaussian NLL, 0.5
+    # keeps the mean's gradient that of a scaled MSE (BENCHMARKS.md, "Uncertainty": plain NLL against 0.5).
+    nll_beta: float = 0.5
     # Classification / lens finding: 0..1 of the target mass spread over the other classes.
     label_smoothing: float = 0.0
     # "balanced": weight each training image by n / (classes x count of its class); "none".
@@ -281,6 +284,9 @@ def validate(config: RunConfig) -> None:
         (t.warmup_epochs >= 0, f"warmup_epochs must be >= 0. Received: {t.warmup_epochs}"),
         (t.clipnorm is None or t.clipnorm > 0, f"clipnorm must be > 0. Received: {t.clipnorm}"),
         (t.sam_rho >= 0, f"sam_rho must be >= 0. Received: {t.sam_rho}"),
+        (0 <= t.nll_beta <= 1, f"nll_beta must be in [0, 1] (0 = plain Gaussian NLL). Received: nll_beta={t.nll_beta}"),
+        (t.nll_beta == TrainConfig.nll_beta or m.uncertainty == "gaussian",
+         f"--nll-beta weights the Gaussian likelihood of --uncertainty gaussian; add it or drop --nll-beta {t.nll_beta}"),
         (t.ema is None or 0 < t.ema < 1, f"ema (the average's momentum) must be in (0, 1), e.g. 0.99. "
          f"Received: ema={t.ema}"),
         (t.tracker in TRACKERS, f"tracker must be one of {TRACKERS}. Received: tracker={t.tracker!r}"),

@@ -14,7 +14,11 @@ import pytest
 
 from deeplense_tf import ensemble, predict, train
 from deeplense_tf.models.heads import GaussianEnsemble, GaussianOutput
-from deeplense_tf.training.losses import GaussianNLL
+from deeplense_tf.cli import config_from_args
+from deeplense_tf.config import validate
+from deeplense_tf.errors import ConfigError
+from deeplense_tf.train import build_parser
+from deeplense_tf.training.losses import GaussianNLL, task_loss
 from tests.helpers import TINY_SIM_FLAGS, train_tiny_sim_run
 
 
@@ -34,6 +38,19 @@ def test_gaussian_nll_by_hand():
     by_hand = np.mean([0.5 * np.log(2 * np.pi) + np.log(s) + 0.5 * ((t - m) / s) ** 2
                        for t, (m, s) in zip(y, y_pred)])
     assert float(GaussianNLL(beta=0.0)(y, y_pred)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_nll_beta_flag_sets_the_loss_and_is_refused_without_gaussian():
+    config = config_from_args(build_parser().parse_args(["--uncertainty", "gaussian", "--nll-beta", "0"]))
+    validate(config)
+    loss = task_loss("regression", None, config.train, config.model)
+    assert isinstance(loss, GaussianNLL) and loss.beta == 0.0
+    assert task_loss("regression", None, config_from_args(build_parser().parse_args(
+        ["--uncertainty", "gaussian"])).train, config.model).beta == 0.5
+    with pytest.raises(ConfigError, match="--nll-beta .*--uncertainty gaussian"):
+        validate(config_from_args(build_parser().parse_args(["--nll-beta", "0"])))
+    with pytest.raises(ConfigError, match="nll_beta must be in"):
+        validate(config_from_args(build_parser().parse_args(["--uncertainty", "gaussian", "--nll-beta", "2"])))
 
 
 def test_gaussian_output_is_physical_mean_and_sigma():

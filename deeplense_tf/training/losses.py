@@ -83,7 +83,7 @@ REGRESSION_LOSSES = {
 def task_loss(task_name: str, default, train: TrainConfig, model: ModelConfig | None = None):
     """What ``model.compile`` gets as ``loss`` for this task and training config."""
     if task_name == "regression" and model is not None and model.uncertainty == "gaussian":
-        return GaussianNLL()
+        return GaussianNLL(beta=train.nll_beta)
     if task_name == "regression" and train.loss:
         return REGRESSION_LOSSES[train.loss]()
     if train.label_smoothing and task_name == "classification":
