@@ -479,7 +479,8 @@ def training_curves(history_csv, out_dir, fmt: str = "png") -> list[Path]:
     data = _read_history(path)
     ep = data["epoch"]
     lr_keys = [c for c in data if c in ("lr", "learning_rate")]
-    skip = {"epoch", "epoch_seconds", *lr_keys}  # epoch_seconds: a cost, not a training curve
+    # the epoch's timings (training/callbacks.py: *_seconds, step_ms): a cost, not a training curve
+    skip = {"epoch", "step_ms", *lr_keys, *(c for c in data if c.endswith("_seconds"))}
     base = [c for c in data if c not in skip and not c.startswith("val_")]
     base += [c[4:] for c in data if c.startswith("val_") and c[4:] not in data]  # val-only columns
     base = sorted(dict.fromkeys(base), key=lambda c: (c != "loss", c))

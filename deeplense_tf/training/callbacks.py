@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -85,6 +86,54 @@ class LogEpochTime(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_seconds"] = time.perf_counter() - self.started
+
+
+class LogEpochPhases(keras.callbacks.Callback):
+    """Adds where an epoch's time went to the logs (history.csv), for ``pipelines.fit_overhead``:
+
+    - ``step_ms``: the median training step inside ``fit`` (input wait included; the first two left
+      out where more remain), to set beside the bare step of ``pipelines.train_speed``;
+    - ``steps_seconds``: the epoch's training loop, from its start to the end of its last step;
+    - ``recalibration_seconds``: from the last step to the start of validation, i.e. the BatchNorm
+      recalibration (and the EMA swap), so this callback must come after those in the list;
+    - ``validation_seconds``: the validation pass;
+    - ``between_epochs_seconds``: from the previous epoch's end (this callback's) to this epoch's start:
+      the previous epoch's checkpoint, history row and TensorBoard write (0 for a run's first epoch).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._ended = None
+        self.step_ends, self.validation = [], None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+        self.between = self.started - self._ended if self._ended is not None else 0.0
+        self.step_ends, self.validation = [], None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_ends.append(time.perf_counter())
+
+    def on_test_begin(self, logs=None):
+        if self.validation is None and self.step_ends:  # fit's validation pass, not a later evaluate()
+            self.validation = [time.perf_counter(), None]
+
+    def on_test_end(self, logs=None):
+        if self.validation is not None and self.validation[1] is None:
+            self.validation[1] = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if logs is None or not self.step_ends:
+            return
+        last_step = self.step_ends[-1]
+        ends = [self.started, *self.step_ends]
+        steps = [b - a for a, b in zip(ends, ends[1:])]
+        begin, end = self.validation or (now, now)
+        logs.update(step_ms=1000 * statistics.median(steps[2:] or steps),
+                    steps_seconds=last_step - self.started, recalibration_seconds=begin - last_step,
+                    validation_seconds=(end or now) - begin, between_epochs_seconds=self.between)
+        self._ended = time.perf_counter()
 
 
 class LogLearningRate(keras.callbacks.Callback):

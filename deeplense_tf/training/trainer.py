@@ -35,8 +35,8 @@ from deeplense_tf.models.registry import check_arch_task, check_weights
 from deeplense_tf.tasks import Task, get_task
 from deeplense_tf.training.batchnorm import AverageBatchNormOverReplicas, RecalibrateBatchNorm
 from deeplense_tf.training.calibrate import calibrate, write_calibration
-from deeplense_tf.training.callbacks import (AtomicCheckpoint, LogEpochTime, LogLearningRate, StopOnNaN,
-                                             hparams_callback)
+from deeplense_tf.training.callbacks import (AtomicCheckpoint, LogEpochPhases, LogEpochTime, LogLearningRate,
+                                             StopOnNaN, hparams_callback)
 from deeplense_tf.training.distributed import (distribute, fit_distributed, is_chief, make_strategy, on_chief,
                                                strategy_share, whole_step_batch, whole_steps)
 from deeplense_tf.training.ema import ValidateWithEMA
@@ -352,6 +352,7 @@ def fit_callbacks(model: keras.Model, config: RunConfig, run_dir: Path, inputs: 
         nan_guard,
         *((ValidateWithEMA(),) if t.ema else ()),  # before recalibration: statistics of the averaged weights
         *batch_norm_callbacks(model, config, inputs),  # before the checkpoint: it saves the recalibrated statistics
+        LogEpochPhases(),  # after recalibration and EMA: it times them as the gap before validation
         LogLearningRate(),  # before CSVLogger and TensorBoard, which write the logs
         # the history row before the checkpoint: a kill between them leaves a row that --resume trims
         # (trim_history), never a checkpoint whose epoch has no row
