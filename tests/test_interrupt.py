@@ -158,19 +158,35 @@ def test_stale_temporaries_are_swept_and_real_files_kept(tmp_path):
 
 
 @pytest.mark.parametrize("val_loss, recovered", [(0.4, True), (0.6, False)])
-def test_a_best_checkpoint_lost_to_a_kill_is_recovered_from_last(tmp_path, val_loss, recovered):
+@pytest.mark.parametrize("ema", [False, True])
+def test_a_best_checkpoint_lost_to_a_kill_is_recovered_from_last(tmp_path, val_loss, recovered, ema):
     """Killed after last.keras and state.json, before best.keras, in an epoch that improved (0.4 < 0.5):
-    last.keras holds that epoch's weights and becomes best.keras; an epoch that did not improve changes nothing."""
+    the weights last.keras holds become best.keras (with --ema their average, as the checkpoint saves);
+    an epoch that did not improve changes nothing."""
     from deeplense_tf import runs
-    from deeplense_tf.config import RunConfig, replace
     from deeplense_tf.training.trainer import recover_lost_best
 
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.1, use_ema=ema, ema_momentum=0.5), "mse")
+    for _ in range(3):  # not fit: at its end it copies the average into the weights
+        model.train_on_batch(np.ones((8, 3), "float32"), np.zeros((8, 1), "float32"))
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / runs.LAST).write_bytes(b"epoch 2 weights")
+    runs.save_keras_model(model, tmp_path / runs.LAST)
     (tmp_path / runs.BEST).write_bytes(b"epoch 1 weights")
     runs.write_json(tmp_path / runs.STATE, {"epochs_done": 2, "monitor": "val_loss", "best": 0.5, "best_epoch": 1})
     pd.DataFrame({"epoch": [0, 1], "val_loss": [0.5, val_loss]}).to_csv(tmp_path / "history.csv", index=False)
-    recover_lost_best(tmp_path, replace(RunConfig(), model={"task": "classification"}), done=2)
+    loaded = keras.models.load_model(tmp_path / runs.LAST)
+    raw = [v.numpy() for v in loaded.trainable_variables]
+    recover_lost_best(tmp_path, loaded, "classification", done=2)
     state = runs.read_json(tmp_path / runs.STATE)
-    assert (tmp_path / runs.BEST).read_bytes() == (b"epoch 2 weights" if recovered else b"epoch 1 weights")
     assert (state["best"], state["best_epoch"]) == ((0.4, 2) if recovered else (0.5, 1))
+    if not recovered:
+        assert (tmp_path / runs.BEST).read_bytes() == b"epoch 1 weights"
+        return
+    saved = [v.numpy() for v in keras.models.load_model(tmp_path / runs.BEST).trainable_variables]
+    expected = [v.numpy() for v in loaded.optimizer._model_variables_moving_average] if ema else raw
+    for got, want in zip(saved, expected):
+        np.testing.assert_allclose(got, want)
+    assert not ema or not np.allclose(saved[0], raw[0])  # the average differs from the raw weights
+    for got, want in zip(loaded.trainable_variables, raw):  # the loaded model keeps its raw weights
+        np.testing.assert_allclose(got.numpy(), want)

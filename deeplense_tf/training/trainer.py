@@ -39,7 +39,7 @@ from deeplense_tf.training.callbacks import (AtomicCheckpoint, LogEpochPhases, L
                                              StopOnNaN, hparams_callback)
 from deeplense_tf.training.distributed import (distribute, fit_distributed, is_chief, make_strategy, on_chief,
                                                strategy_share, whole_step_batch, whole_steps)
-from deeplense_tf.training.ema import ValidateWithEMA
+from deeplense_tf.training.ema import ValidateWithEMA, ema_weights
 from deeplense_tf.training.finetune import finetune_callbacks, set_finetune_state
 from deeplense_tf.training.losses import gaussian_metrics, task_loss  # also registers what checkpoints name
 from deeplense_tf.training.reseed import ReseedRandomLayers
@@ -133,14 +133,14 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> Path:
         return restart_run(run_dir, config)
     checkpoint, done = found
     trim_history(run_dir, done)  # rows of an epoch killed after its history row, before its checkpoint
-    if checkpoint == runs.LAST:
-        recover_lost_best(run_dir, config, done)
     strategy = set_up(config.train)
     data = prepare_data(config)
     check_split(data, run_dir / "split.csv")
     print(f"resuming {run_dir} after epoch {done} of {config.train.epochs} from {checkpoint}")
     with strategy.scope():
         model = keras.models.load_model(run_dir / checkpoint)
+        if checkpoint == runs.LAST:
+            recover_lost_best(run_dir, model, config.model.task, done)
         restore_schedule(model, config, steps_per_epoch(config, data))  # --epochs N: over the new length
         enable_sam(model, config.train.sam_rho)  # the train step is not part of the saved model
         set_finetune_state(model, config.model, epoch=done)  # frozen or not, as due at this epoch
@@ -179,26 +179,27 @@ def trim_history(run_dir: Path, epochs: int) -> None:
             history[history["epoch"] < epochs].to_csv(tmp, index=False)
 
 
-def recover_lost_best(run_dir: Path, config: RunConfig, done: int) -> None:
+def recover_lost_best(run_dir: Path, model: keras.Model, task_name: str, done: int) -> None:
     """A kill after last.keras and state.json but before best.keras leaves best.keras an epoch behind
     when that epoch improved (the checkpoint order, callbacks.AtomicCheckpoint): history.csv's row of
-    the epoch says whether it did, and last.keras holds its weights, so they become best.keras.
-    Not with --ema, whose best.keras holds the averaged weights."""
+    the epoch says whether it did, and ``model``, loaded from last.keras, holds its weights. They are
+    saved as best.keras as the checkpoint would have: with --ema the average its optimiser holds
+    (ema.py), BatchNorm statistics as recalibrated for that average before the checkpoint."""
     state_path, history_path = run_dir / runs.STATE, run_dir / "history.csv"
-    if config.train.ema or not state_path.is_file() or not history_path.is_file() or not history_path.stat().st_size:
+    if not state_path.is_file() or not history_path.is_file() or not history_path.stat().st_size:
         return
-    state, task = runs.read_json(state_path), get_task(config.model.task)
+    state, task = runs.read_json(state_path), get_task(task_name)
     row = pd.read_csv(history_path).query("epoch == @done - 1")
     if row.empty or task.monitor not in row or state.get("best_epoch") == done:
         return
     value, best = float(row[task.monitor].iloc[0]), state.get("best")
     sign = 1.0 if task.monitor_mode == "min" else -1.0
     if math.isfinite(value) and (best is None or sign * value < sign * best):
-        with runs.atomic_path(run_dir / runs.BEST, suffix=".keras") as tmp:
-            shutil.copyfile(run_dir / runs.LAST, tmp)
+        with ema_weights(model):
+            runs.save_keras_model(model, run_dir / runs.BEST)
         runs.write_json(state_path, {**state, "best": value, "best_epoch": done})
         print(f"epoch {done} improved {task.monitor} but was killed before {runs.BEST} was written: "
-              f"{runs.LAST} (its weights) copied there")
+              f"saved from {runs.LAST} (its weights)")
 
 
 def restore_schedule(model: keras.Model, config: RunConfig, steps: int) -> None:
