@@ -49,6 +49,13 @@ INSTALL_HINT = (
 )
 
 
+def torch_child_env() -> dict:
+    """The environment of a child in the torch Python: it imports this project from its folder (the
+    torch environment has no deeplense_tf installed)."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+
+
 @dataclass(frozen=True)
 class Pair:
     arch: str  # our registry name
@@ -147,7 +154,7 @@ def run_timm(torch_python: str, pair: Pair, size: int, batch: int, steps: int, w
            "kwargs": pair.timm_kwargs, "threads": threads}
     cmd = [torch_python, str(Path(__file__).resolve()), "--torch-child", json.dumps(job)]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=torch_child_env())
     except subprocess.TimeoutExpired:
         return {"timm": pair.timm, "status": "timeout", "timeout_s": timeout}
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
