@@ -166,7 +166,7 @@ def add_run_flags(run, resume: bool = True, out_help: str | None = None) -> None
                      help="XLA compilation: off by default, it made CPU training 5-7x slower; try it on GPUs")
     run.add_argument("--out", help=out_help or f"parent folder of run directories (default {t.out}/)")
     run.add_argument("--tracker", choices=TRACKERS, help=f"also log the run to an experiment tracker (default "
-                     f"{t.tracker}); mlflow: MLFLOW_TRACKING_URI, else a file store <--out>/mlruns (pip install -e "
+                     f"{t.tracker}); mlflow: MLFLOW_TRACKING_URI, else a SQLite store <--out>/mlflow.db (pip install -e "
                      "\".[mlflow]\")")
     run.add_argument("--plot-format", choices=PLOT_FORMATS, help=f"file format of the plots (default {t.plot_format}, "
                      "300 dpi); pdf or svg: vector figures for a paper")

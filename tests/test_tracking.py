@@ -1,7 +1,7 @@
 """--tracker mlflow: parameters, epoch metrics, test metrics and artifacts reach MLflow; --resume continues the
 same MLflow run; without MLflow the flag is refused before any data are read. MLflow is an optional extra
 that this machine lacks: a recording stand-in with its API checks what we send, and the last test uses
-the real library with a local file store wherever it is installed."""
+the real library with its local SQLite store wherever it is installed."""
 
 from __future__ import annotations
 
@@ -20,8 +20,18 @@ from tests.helpers import train_tiny_sim_run
 class RecordingMlflow:
     """The part of the ``mlflow`` module the tracker uses, recording every call."""
 
+    exceptions = SimpleNamespace(MlflowException=RuntimeError)
+
     def __init__(self):
-        self.runs, self.active, self.uri, self.experiment = {}, None, None, None
+        self.runs, self.active, self.uri, self.experiment, self.experiments = {}, None, None, None, {}
+
+    def get_experiment_by_name(self, name):
+        return self.experiments.get(name)
+
+    def create_experiment(self, name, artifact_location=None):
+        if name in self.experiments:
+            raise self.exceptions.MlflowException(f"experiment {name} exists")
+        self.experiments[name] = SimpleNamespace(name=name, artifact_location=artifact_location)
 
     def set_tracking_uri(self, uri):
         self.uri = uri
@@ -66,7 +76,9 @@ def test_logger_logs_params_once_and_resume_continues_the_run(tmp_path, monkeypa
     record = fake.runs[run_id]
     assert (run_dir / tracking.MLFLOW_RUN_ID).read_text().strip() == run_id
     assert record["name"] == run_dir.name and fake.experiment == tracking.EXPERIMENT
-    assert fake.uri == (tmp_path / "runs" / "mlruns").resolve().as_uri()
+    out = (tmp_path / "runs").resolve()
+    assert fake.uri == f"sqlite:///{out / 'mlflow.db'}"
+    assert fake.experiments[tracking.EXPERIMENT].artifact_location == (out / "mlartifacts").as_uri()
     assert record["params"]["train.lr"] == "0.001" and record["params"]["model.arch"] == "resnet18"
     assert record["metrics"] == [(1, {"loss": 1.5, "val_mae": 0.4})]
     # --resume: the same MLflow run, parameters not logged again, epochs continue
@@ -107,7 +119,7 @@ def test_tracker_without_mlflow_is_refused_before_the_data(tmp_path, monkeypatch
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_real_mlflow_file_store(tmp_path, monkeypatch):
+def test_real_mlflow_local_store(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_dir = tmp_path / "runs" / "r"
@@ -118,5 +130,10 @@ def test_real_mlflow_file_store(tmp_path, monkeypatch):
     logger.on_train_end()
     (run_dir / "metrics.json").write_text("{}")
     tracking.log_results(run_dir, {"mae": 0.1}, mlflow=mlflow)
-    run = mlflow.get_run((run_dir / tracking.MLFLOW_RUN_ID).read_text().strip())
+    run_id = (run_dir / tracking.MLFLOW_RUN_ID).read_text().strip()
+    run = mlflow.get_run(run_id)
     assert run.data.params["train.lr"] == "0.001" and run.data.metrics["test_mae"] == pytest.approx(0.1)
+    (point,) = mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")
+    assert (point.step, point.value) == (1, 2.0)
+    assert (tmp_path / "runs" / "mlflow.db").is_file()
+    assert list((tmp_path / "runs" / "mlartifacts").rglob("metrics.json"))  # beside the runs, not in the cwd

@@ -2,8 +2,10 @@
 
 MLflow is an optional extra (``pip install -e ".[mlflow]"``); ``--tracker mlflow`` without it is
 refused before any data are read. The tracking server is MLflow's own setting
-(``MLFLOW_TRACKING_URI``); without it the runs go to a local file store, ``<--out>/mlruns``
-(``mlflow ui --backend-store-uri <--out>/mlruns``). Each run directory keeps its MLflow run id
+(``MLFLOW_TRACKING_URI``); without it the runs go to a local SQLite store, ``<--out>/mlflow.db``, with
+their artifacts in ``<--out>/mlartifacts`` (``mlflow ui --backend-store-uri sqlite:///<--out>/mlflow.db``).
+MLflow 3 refuses its plain file store (``./mlruns``) unless ``MLFLOW_ALLOW_FILE_STORE`` is set: a
+database is its supported local backend. Each run directory keeps its MLflow run id
 (``mlflow_run_id.txt``), so ``--resume`` continues the same MLflow run: a requeued job adds its
 epochs to the run it started, not a new one. Logged: every config field as a parameter
 (``train.lr``, ``model.arch``, ...), the epoch's logs as metrics (step = epoch), and at the end the
@@ -24,6 +26,7 @@ from deeplense_tf.errors import ConfigError
 
 MLFLOW_RUN_ID = "mlflow_run_id.txt"
 EXPERIMENT = "deeplense_tf"
+LOCAL_STORE, LOCAL_ARTIFACTS = "mlflow.db", "mlartifacts"
 
 
 def load_mlflow():
@@ -56,10 +59,22 @@ def numeric(logs: dict | None, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def use_local_store(mlflow, out: Path) -> None:
+    """Track into ``out/mlflow.db``; the experiment, made here the first time, keeps its artifacts in
+    ``out/mlartifacts`` (MLflow would put them under the working directory)."""
+    mlflow.set_tracking_uri(f"sqlite:///{out / LOCAL_STORE}")
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=(out / LOCAL_ARTIFACTS).as_uri())
+        except mlflow.exceptions.MlflowException:  # a run started beside this one made it first
+            if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+                raise
+
+
 def start_run(mlflow, run_dir: Path, params: dict[str, str] | None = None):
     """Open the run directory's MLflow run (a new one the first time, the same one on --resume)."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri((Path(run_dir).resolve().parent / "mlruns").as_uri())
+        use_local_store(mlflow, Path(run_dir).resolve().parent)
     mlflow.set_experiment(EXPERIMENT)
     id_file = Path(run_dir) / MLFLOW_RUN_ID
     run_id = id_file.read_text().strip() if id_file.is_file() else None
