@@ -98,6 +98,20 @@ def test_regression_uncertainty_metrics_keys_and_nones(rng):
     assert set(bare) == set(full) and all(v is None for v in bare.values())
     absolute = intervals.regression_uncertainty_metrics(y, mu, calibration=intervals.fit_conformal(y, mu))
     assert absolute["coverage_68_calibrated"] is not None and absolute["nll"] is None
+    assert absolute["nll_calibrated"] is not None  # a point estimate gets an NLL through its calibrated interval
+
+
+def test_calibrated_nll_by_hand():
+    y, mu = np.array([0.0, 1.0, -1.0]), np.zeros(3)
+    z68 = intervals.z_for(0.68)
+    absolute = {"levels": [0.68], "quantiles": [2 * z68], "normalised": False}  # 68 % half-width 2 z68: sigma 2
+    by_hand = np.mean([0.5 * np.log(2 * np.pi) + np.log(2.0) + 0.5 * (v / 2.0) ** 2 for v in y])
+    assert intervals.calibrated_nll(y, mu, None, absolute) == pytest.approx(by_hand)
+    normalised = {"levels": [0.68], "quantiles": [0.5 * z68], "normalised": True}  # half of each sigma
+    sigma = np.array([2.0, 4.0, 6.0])
+    by_hand = np.mean([0.5 * np.log(2 * np.pi) + np.log(s / 2) + 0.5 * (v / (s / 2)) ** 2 for v, s in zip(y, sigma)])
+    assert intervals.calibrated_nll(y, mu, sigma, normalised) == pytest.approx(by_hand)
+    assert intervals.calibrated_nll(y, mu, None, {"levels": [0.95], "quantiles": [1.0], "normalised": False}) is None
 
 
 # --------------------------------------------------------------------------- ensemble

@@ -148,9 +148,14 @@ def conformal_interval(mean, sigma, calibration: dict, level: float) -> tuple[np
 
 def regression_uncertainty_metrics(y, mean, sigma=None, calibration: dict | None = None) -> dict:
     """NLL, coverage of the 68 / 95 % intervals (raw Gaussian and conformal), mean full interval width
-    (calibrated where there is a calibration, else raw) and the calibration error, for metrics.json."""
+    (calibrated where there is a calibration, else raw) and the calibration error, for metrics.json.
+
+    ``nll_calibrated`` is the NLL of the Gaussian whose 68 % interval is the calibrated one (sigma =
+    calibrated half-width / 0.994): defined for a point-estimate run too (one sigma for every image),
+    so the NLL of ``--uncertainty gaussian`` can be set beside a plain run's."""
     y, mu, s = _regression_inputs(y, mean, sigma)
-    out: dict[str, Any] = {"nll": None if s is None else gaussian_nll(y, mu, s)}
+    out: dict[str, Any] = {"nll": None if s is None else gaussian_nll(y, mu, s),
+                           "nll_calibrated": None if calibration is None else calibrated_nll(y, mu, s, calibration)}
     widths: dict[int, float | None] = {}
     for pct in (68, 95):
         level = pct / 100
@@ -169,6 +174,19 @@ def regression_uncertainty_metrics(y, mean, sigma=None, calibration: dict | None
     out.update({"width_68": _f(widths[68]), "width_95": _f(widths[95]),
                 "calibration_error": None if s is None else regression_calibration_error(y, mu, s)})
     return out
+
+
+def calibrated_nll(y, mean, sigma, calibration: dict) -> float | None:
+    """NLL under N(mean, sigma_68^2), sigma_68 the calibrated 68 % half-width over z(0.68); None
+    without a 68 % level in the calibration."""
+    q = _calibrated_quantile(calibration, 0.68)
+    if q is None:
+        return None
+    y, mu, s = _regression_inputs(y, mean, sigma)
+    if calibration["normalised"] and s is None:
+        raise ValueError("this calibration is normalised by sigma (fitted with sigma_val); pass sigma")
+    scale = q / z_for(0.68)
+    return gaussian_nll(y, mu, scale * s if calibration["normalised"] else np.full_like(mu, scale))
 
 
 def ensemble_gaussian(means, sigmas=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
