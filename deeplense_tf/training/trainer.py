@@ -246,6 +246,9 @@ def compile_model(model: keras.Model, config: RunConfig, steps: int = 1) -> None
                   loss=task_loss(task.name, task.loss, config.train, config.model),
                   metrics=gaussian_metrics() if gaussian else [METRICS[name]() for name in task.metrics],
                   jit_compile=config.train.jit_compile)
+    # The optimiser's slots (and --ema's averages) exist before fit traces its step: built in the first
+    # trace instead, TensorFlow traces the step a second time (BENCHMARKS.md, "Run start-up").
+    model.optimizer.build(model.trainable_variables)
     enable_sam(model, config.train.sam_rho)
 
 
