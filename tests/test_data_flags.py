@@ -308,3 +308,28 @@ def test_training_from_per_file_data_with_cache(tmp_path):
     history = pd.read_csv(run / "history.csv")
     assert len(history) == 2 and history["loss"].notna().all()
     assert json.loads((run / "config.json").read_text())["train"]["cache"] == "memory"
+
+
+# ---------------------------------------------------------------------------------------------
+# Other data beside a run: a simulated set never holds the run's training lenses
+
+def test_other_simulated_data_is_drawn_from_another_seed(monkeypatch):
+    """One seed draws the same lenses whatever the noise option, so evaluate --data sim:model_ii on a
+    run trained on sim:model_ii:noise=published must not use the run's seed; files keep it."""
+    from deeplense_tf.data import prepare
+    from deeplense_tf.sim.generate import simulate_one
+
+    same = [simulate_one("model_ii", "axion", 3, 42, noise=noise, render=False)[1] for noise in ("on", "published")]
+    assert same[0]["log10_axion_mass"] == same[1]["log10_axion_mass"]  # why the seed must change
+    seeds = {}
+
+    def record(data, **kwargs):
+        seeds[data] = kwargs["seed"]
+        raise DataError("recorded")
+
+    monkeypatch.setattr(prepare, "load_data", record)
+    config = replace(RunConfig(), train={"seed": 42})
+    for data in ("sim:model_ii", "/data/model_ii_test"):
+        with pytest.raises(DataError, match="recorded"):
+            prepare.load_other_data(config, {}, data, allow_pickle=False)
+    assert seeds == {"sim:model_ii": 42 + prepare.OTHER_SIM_SEED_OFFSET, "/data/model_ii_test": 42}

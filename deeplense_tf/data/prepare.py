@@ -254,10 +254,23 @@ def evaluation_set(config: RunConfig, info: dict, run_dir: Path, data=None, allo
     return prepared.images[idx], prepared.y[idx], prepared.table.loc[idx], split
 
 
+# A simulated set named by evaluate / ensemble / shift_check --data is drawn with another seed than the
+# run's: the simulator draws the same lenses for one seed whatever its noise or geometry options, so
+# sim:model_ii evaluated on a run trained on sim:model_ii:noise=published would hold its training lenses.
+OTHER_SIM_SEED_OFFSET = 2 << 32  # above the runs' seeds (< 2**32) and the streams' (STREAM_SEED_OFFSET + seed)
+
+
+def other_data_seed(data: str, seed: int) -> int:
+    """The simulation seed of ``--data`` read beside a run of ``seed`` (unchanged for files)."""
+    return seed + OTHER_SIM_SEED_OFFSET if str(data).startswith("sim:") else seed
+
+
 def load_other_data(config: RunConfig, info: dict, data: str, allow_pickle: bool):
-    """Every labelled image of ``data`` as (images, labels in the run's class order, table)."""
+    """Every labelled image of ``data`` as (images, labels in the run's class order, table); a
+    simulated ``data`` comes from another seed than the run's (``other_data_seed``)."""
     d = config.data  # read the other set the way the run read its own (label column, checks)
-    index = load_data(data, samples=d.samples, seed=config.train.seed, allow_pickle=allow_pickle,
+    index = load_data(data, samples=d.samples, seed=other_data_seed(data, config.train.seed),
+                      allow_pickle=allow_pickle,
                       workers=d.workers, validate=d.validate, label_column=d.label_column)
     prepared, _ = label_index(index, config.model.task, config.data.target)
     if prepared.input_shape != tuple(info["input_shape"]):
