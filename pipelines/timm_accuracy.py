@@ -2,6 +2,7 @@
 
     python -m pipelines.timm_accuracy                                   # resnet18, 700 per class, 8 epochs, seeds 0 1
     python -m pipelines.timm_accuracy --seeds 0 1 2 --epochs 8 --markdown --json /tmp/acc.json
+    python -m pipelines.timm_accuracy --sides ours --flags "--dropout 0"   # one change to our recipe
 
 ``pipelines.timm_compare`` times the bare training step; this one trains whole runs. The data:
 released-data Model II (``sim:model_ii:noise=published``) from our simulator, ``--train-per-class``
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -138,7 +140,7 @@ def train_ours(args, sets: dict[str, Path], seed: int, out: Path) -> tuple[objec
     cmd = [sys.executable, "-m", "deeplense_tf.train", "--task", "classification", "--arch", args.arch,
            "--data", str(sets["train"]), "--val-data", str(sets["val"]), "--test-data", str(sets["test"]),
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-           "--init-seed", str(seed), "--out", str(out)]
+           "--init-seed", str(seed), "--out", str(out), *shlex.split(args.flags)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode:
         raise SystemExit(f"our run failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
@@ -177,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="(default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak rate of both (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch threads (default every core)")
+    p.add_argument("--flags", default="", help="further train flags of our side, quoted as one string")
+    p.add_argument("--sides", nargs="+", choices=("ours", "timm"), default=["ours", "timm"], help="which sides run")
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON, help="a Python with torch and timm")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.add_argument("--json", type=Path, help="also write the rows here (rewritten after each seed)")
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch_child:
         print("RESULT " + json.dumps(train_timm(**json.loads(args.torch_child))), flush=True)
         return 0
-    versions = check_torch_python(args.torch_python)  # before minutes of simulation
+    versions = check_torch_python(args.torch_python) if "timm" in args.sides else "not run"  # before any simulation
     if not args.reference.is_file():
         raise SystemExit(f"error: --reference {args.reference}: no such file")
     from deeplense_tf.cli import prepare_environment
@@ -224,24 +228,28 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "sets.npz"
         np.savez(data, **{f"{name}_{part}": a for name, pair in arrays.items() for part, a in zip("xy", pair)})
         for seed in args.seeds:
-            load = os.getloadavg()[0]
-            model, seconds = train_ours(args, sets, seed, Path(tmp) / f"ours-{seed}")
-            row = {"seed": seed, "side": "ours", "train_seconds": seconds, "load_before": load}
-            for name in ("test", "reference"):
-                images, labels = arrays[name]
-                row.update({f"{name}_{k}": v for k, v in scores(labels, model.predict(images[..., None], verbose=0)).items()})
-            rows.append(row)
-            load = os.getloadavg()[0]
-            out = Path(tmp) / f"timm-{seed}.npz"
-            info = run_timm(args, data, seed, out)
-            probabilities = np.load(out)
-            row = {"seed": seed, "side": "timm", "train_seconds": info["train_seconds"], "load_before": load,
-                   "versions": f"torch {info['torch']}, timm {info['timm']}"}
-            for name in ("test", "reference"):
-                row.update({f"{name}_{k}": v for k, v in scores(arrays[name][1], probabilities[name]).items()})
-            rows.append(row)
-            print(f"seed {seed}: ours AUC {rows[-2]['test_auc']:.4f} / {rows[-2]['reference_auc']:.4f}, "
-                  f"timm {row['test_auc']:.4f} / {row['reference_auc']:.4f} (own test / reference)", flush=True)
+            if "ours" in args.sides:
+                load = os.getloadavg()[0]
+                model, seconds = train_ours(args, sets, seed, Path(tmp) / f"ours-{seed}")
+                row = {"seed": seed, "side": "ours", "train_seconds": seconds, "load_before": load, "flags": args.flags}
+                for name in ("test", "reference"):
+                    images, labels = arrays[name]
+                    row.update({f"{name}_{k}": v for k, v in
+                                scores(labels, model.predict(images[..., None], verbose=0)).items()})
+                rows.append(row)
+            if "timm" in args.sides:
+                load = os.getloadavg()[0]
+                out = Path(tmp) / f"timm-{seed}.npz"
+                info = run_timm(args, data, seed, out)
+                probabilities = np.load(out)
+                row = {"seed": seed, "side": "timm", "train_seconds": info["train_seconds"], "load_before": load,
+                       "versions": f"torch {info['torch']}, timm {info['timm']}"}
+                for name in ("test", "reference"):
+                    row.update({f"{name}_{k}": v for k, v in scores(arrays[name][1], probabilities[name]).items()})
+                rows.append(row)
+            print("seed " + str(seed) + ": " + ", ".join(f"{r['side']} AUC {r['test_auc']:.4f} / {r['reference_auc']:.4f}"
+                                                        for r in rows if r["seed"] == seed) + " (own test / reference)",
+                  flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
     print(table(rows, args.markdown))
