@@ -175,9 +175,10 @@ class TrainConfig:
     ema: float | None = None
     # Regression loss on the target in its own units (dex): mse, huber (delta 1) or mae; None = the task's default.
     loss: str | None = None
-    # --uncertainty gaussian: the beta of the beta-NLL loss (Seitzer et al. 2022); 0 = plain Gaussian NLL, 0.5
-    # keeps the mean's gradient that of a scaled MSE (BENCHMARKS.md, "Uncertainty": plain NLL against 0.5).
-    nll_beta: float = 0.5
+    # --uncertainty gaussian: the beta of the beta-NLL loss (Seitzer et al. 2022); 0 = plain Gaussian NLL, 1 gives
+    # the mean the gradient of MSE. 1 trained the best mean of 0, 0.5 and 1 (BENCHMARKS.md, "The `uncertainty`
+    # study"). Runs made before the field existed used 0.5; their checkpoints keep it in their loss (--resume).
+    nll_beta: float = 1.0
     # Classification / lens finding: 0..1 of the target mass spread over the other classes.
     label_smoothing: float = 0.0
     # "balanced": weight each training image by n / (classes x count of its class); "none".

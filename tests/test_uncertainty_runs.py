@@ -46,7 +46,7 @@ def test_nll_beta_flag_sets_the_loss_and_is_refused_without_gaussian():
     loss = task_loss("regression", None, config.train, config.model)
     assert isinstance(loss, GaussianNLL) and loss.beta == 0.0
     assert task_loss("regression", None, config_from_args(build_parser().parse_args(
-        ["--uncertainty", "gaussian"])).train, config.model).beta == 0.5
+        ["--uncertainty", "gaussian"])).train, config.model).beta == 1.0
     with pytest.raises(ConfigError, match="--nll-beta .*--uncertainty gaussian"):
         validate(config_from_args(build_parser().parse_args(["--nll-beta", "0"])))
     with pytest.raises(ConfigError, match="nll_beta must be in"):

@@ -37,10 +37,11 @@ class GaussianNLL(keras.losses.Loss):
 
     ``beta`` > 0 weights each image's term by sigma^(2 beta), held constant in the gradient
     (beta-NLL, Seitzer et al. 2022): plain NLL (beta 0) lets the network explain a hard image by a
-    large sigma and stop fitting its mean; beta 0.5 keeps the mean's gradient that of a scaled MSE.
+    large sigma and stop fitting its mean (its gradient is (mean - y) / sigma^2); beta 1 gives the
+    mean the gradient of MSE, (mean - y), and beta 0.5 lies between.
     """
 
-    def __init__(self, beta: float = 0.5, name: str = "gaussian_nll", **kwargs):
+    def __init__(self, beta: float = 1.0, name: str = "gaussian_nll", **kwargs):
         super().__init__(name=name, **kwargs)
         self.beta = float(beta)
 
