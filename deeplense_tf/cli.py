@@ -24,7 +24,7 @@ from typing import Callable
 from deeplense_tf.config import (CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, PLOT_FORMATS, SCHEDULES,
                                  STRATEGIES, TASKS, TRACKERS, UNCERTAINTIES, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig,
                                  TrainConfig, arch_train_defaults, replace, with_arch_defaults)
-from deeplense_tf.errors import UserError
+from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.version import __version__
 
 DEFAULT_ANOMALY_ARCH = "conv_autoencoder"
@@ -226,7 +226,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         changes["model"]["arch"] = DEFAULT_ANOMALY_ARCH
     if not args.config:  # a config file states every field: it wins over the architecture's defaults
         changes = with_arch_defaults(changes, base)
-    return replace(base, **{k: v for k, v in changes.items() if v})
+    config = replace(base, **{k: v for k, v in changes.items() if v})
+    # Checked here, on the flag, not in validate(): a saved config holds nll_beta whatever the uncertainty.
+    if "nll_beta" in changes["train"] and config.model.uncertainty != "gaussian":
+        raise ConfigError(f"--nll-beta weights the Gaussian likelihood of --uncertainty gaussian; add it or drop "
+                        f"--nll-beta {config.train.nll_beta}")
+    return config
 
 
 def callable_as(module_name: str, function: Callable) -> None:

@@ -286,8 +286,6 @@ def validate(config: RunConfig) -> None:
         (t.clipnorm is None or t.clipnorm > 0, f"clipnorm must be > 0. Received: {t.clipnorm}"),
         (t.sam_rho >= 0, f"sam_rho must be >= 0. Received: {t.sam_rho}"),
         (0 <= t.nll_beta <= 1, f"nll_beta must be in [0, 1] (0 = plain Gaussian NLL). Received: nll_beta={t.nll_beta}"),
-        (t.nll_beta == TrainConfig.nll_beta or m.uncertainty == "gaussian",
-         f"--nll-beta weights the Gaussian likelihood of --uncertainty gaussian; add it or drop --nll-beta {t.nll_beta}"),
         (t.ema is None or 0 < t.ema < 1, f"ema (the average's momentum) must be in (0, 1), e.g. 0.99. "
          f"Received: ema={t.ema}"),
         (t.tracker in TRACKERS, f"tracker must be one of {TRACKERS}. Received: tracker={t.tracker!r}"),

@@ -15,7 +15,7 @@ import pytest
 from deeplense_tf import ensemble, predict, train
 from deeplense_tf.models.heads import GaussianEnsemble, GaussianOutput
 from deeplense_tf.cli import config_from_args
-from deeplense_tf.config import validate
+from deeplense_tf.config import replace, validate
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.train import build_parser
 from deeplense_tf.training.losses import GaussianNLL, task_loss
@@ -48,7 +48,9 @@ def test_nll_beta_flag_sets_the_loss_and_is_refused_without_gaussian():
     assert task_loss("regression", None, config_from_args(build_parser().parse_args(
         ["--uncertainty", "gaussian"])).train, config.model).beta == 1.0
     with pytest.raises(ConfigError, match="--nll-beta .*--uncertainty gaussian"):
-        validate(config_from_args(build_parser().parse_args(["--nll-beta", "0"])))
+        config_from_args(build_parser().parse_args(["--nll-beta", "0"]))
+    # a saved point-estimate config holds nll_beta too (0.5 before the default became 1): it still loads
+    validate(replace(config, model={"uncertainty": "none"}, train={"nll_beta": 0.5}))
     with pytest.raises(ConfigError, match="nll_beta must be in"):
         validate(config_from_args(build_parser().parse_args(["--uncertainty", "gaussian", "--nll-beta", "2"])))
 
