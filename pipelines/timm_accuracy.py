@@ -15,10 +15,11 @@ ROC-AUC and accuracy, computed here from each side's probabilities).
 
 - ours: ``python -m deeplense_tf.train --task classification --arch ARCH --data TRAIN --val-data VAL
   --test-data TEST --init-seed SEED`` (every default: Adam 1e-3, one warm-up epoch then cosine,
-  flips and 90-degree turns, recalibration), scored with its ``best.keras``;
+  flips and 90-degree turns, recalibration), scored with its ``best.keras`` (row "ours") and with its
+  last epoch's weights (``last.keras``, "ours (last epoch)", as the timm loop is);
 - timm: ``timm.create_model(ARCH, in_chans=1, num_classes=3)`` in the torch Python of
   ``timm_compare`` (``--torch-python``), per-image standardisation, random flips and 90-degree
-  turns, Adam 1e-3, one linear warm-up epoch then cosine per step, cross-entropy, seeded by SEED;
+  turns drawn for each image, Adam 1e-3, one linear warm-up epoch then cosine per step, cross-entropy, seeded by SEED;
   scored with its last weights.
 
 The training time of each side is its own: ours the sum of its epochs (``epoch_seconds``, with
@@ -78,18 +79,22 @@ def train_timm(arch: str, data: str, epochs: int, batch: int, seed: int, lr: flo
         return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+
+    def augment(images):  # each image its own flips and 90-degree turn, as a Dataset transform would
+        n = len(images)
+        flip_w = torch.from_numpy(rng.random(n) < 0.5)[:, None, None, None]
+        flip_h = torch.from_numpy(rng.random(n) < 0.5)[:, None, None, None]
+        images = torch.where(flip_w, torch.flip(images, dims=(3,)), images)
+        images = torch.where(flip_h, torch.flip(images, dims=(2,)), images)
+        turns = torch.from_numpy(rng.integers(0, 4, n))
+        return torch.stack([torch.rot90(image, int(k), dims=(1, 2)) for image, k in zip(images, turns)])
     started = time.perf_counter()
     model.train()
     for _ in range(epochs):
         order = rng.permutation(len(x))
         for first in range(0, len(x), batch):
             index = order[first:first + batch]
-            images = standardise(x[index])
-            if rng.random() < 0.5:
-                images = torch.flip(images, dims=(3,))
-            if rng.random() < 0.5:
-                images = torch.flip(images, dims=(2,))
-            images = torch.rot90(images, int(rng.integers(4)), dims=(2, 3))
+            images = augment(standardise(x[index]))
             loss = torch.nn.functional.cross_entropy(model(images), torch.from_numpy(y[index]).long())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -132,8 +137,9 @@ def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict:
             "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels))}
 
 
-def train_ours(args, sets: dict[str, Path], seed: int, out: Path) -> tuple[object, float]:
-    """Our run on the same files; returns (its best model, its training seconds)."""
+def train_ours(args, sets: dict[str, Path], seed: int, out: Path) -> tuple[dict, float]:
+    """Our run on the same files; returns ({"best": the checkpoint it selects, "last": the last epoch's},
+    its training seconds)."""
     import keras
     import pandas as pd
 
@@ -150,8 +156,9 @@ def train_ours(args, sets: dict[str, Path], seed: int, out: Path) -> tuple[objec
         raise SystemExit(f"{run}: classes {class_names}, expected {CLASSES}")
     import deeplense_tf.api  # noqa: F401  (registers our layers for load_model)
 
-    model = keras.models.load_model(run / "checkpoints" / "best.keras", compile=False)
-    return model, float(pd.read_csv(run / "history.csv")["epoch_seconds"].sum())
+    models = {name: keras.models.load_model(run / "checkpoints" / f"{name}.keras", compile=False)
+              for name in ("best", "last")}
+    return models, float(pd.read_csv(run / "history.csv")["epoch_seconds"].sum())
 
 
 def run_timm(args, data: Path, seed: int, out: Path) -> dict:
@@ -192,7 +199,7 @@ def table(rows: list[dict], markdown: bool) -> str:
     header = ["seed", "side", "train s", "AUC own test", "acc own test", "AUC reference", "acc reference"]
     lines = [[str(r["seed"]), r["side"], f"{r['train_seconds']:.0f}", f"{r['test_auc']:.4f}",
               f"{r['test_accuracy']:.3f}", f"{r['reference_auc']:.4f}", f"{r['reference_accuracy']:.3f}"] for r in rows]
-    for side in ("ours", "timm"):
+    for side in dict.fromkeys(r["side"] for r in rows):
         mine = [r for r in rows if r["side"] == side]
         if len(mine) > 1:
             lines.append(["mean", side, f"{statistics.mean(r['train_seconds'] for r in mine):.0f}",
@@ -230,13 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             if "ours" in args.sides:
                 load = os.getloadavg()[0]
-                model, seconds = train_ours(args, sets, seed, Path(tmp) / f"ours-{seed}")
-                row = {"seed": seed, "side": "ours", "train_seconds": seconds, "load_before": load, "flags": args.flags}
-                for name in ("test", "reference"):
-                    images, labels = arrays[name]
-                    row.update({f"{name}_{k}": v for k, v in
-                                scores(labels, model.predict(images[..., None], verbose=0)).items()})
-                rows.append(row)
+                models, seconds = train_ours(args, sets, seed, Path(tmp) / f"ours-{seed}")
+                for checkpoint, model in models.items():  # the run's choice, and the last epoch as timm's
+                    row = {"seed": seed, "side": "ours" if checkpoint == "best" else "ours (last epoch)",
+                           "train_seconds": seconds, "load_before": load, "flags": args.flags}
+                    for name in ("test", "reference"):
+                        images, labels = arrays[name]
+                        row.update({f"{name}_{k}": v for k, v in
+                                    scores(labels, model.predict(images[..., None], verbose=0)).items()})
+                    rows.append(row)
             if "timm" in args.sides:
                 load = os.getloadavg()[0]
                 out = Path(tmp) / f"timm-{seed}.npz"

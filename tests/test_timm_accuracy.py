@@ -53,6 +53,6 @@ def test_both_sides_end_to_end(sim_cache, tmp_path):
     assert timm_accuracy.main(["--seeds", "0", "--train-per-class", "8", "--val-per-class", "4",
                                "--test-per-class", "4", "--epochs", "1", "--batch-size", "8", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["side"] for r in rows] == ["ours", "timm"]
+    assert [r["side"] for r in rows] == ["ours", "ours (last epoch)", "timm"]
     for row in rows:
         assert 0 <= row["test_auc"] <= 1 and 0 <= row["reference_auc"] <= 1 and row["train_seconds"] > 0
