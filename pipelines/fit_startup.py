@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from deeplense_tf.cli import command_parser
+from pipelines.children import child_result
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("in-trace", "prebuild")
@@ -50,11 +50,7 @@ def measure(arch: str, prebuild: bool) -> dict:
 
 def run_child(arch: str, mode: str) -> dict:
     cmd = [sys.executable, "-m", "pipelines.fit_startup", "--child", json.dumps({"arch": arch, "prebuild": mode == "prebuild"})]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise SystemExit(f"{arch} {mode} failed:\n{done.stderr[-2000:]}")
-    return json.loads(lines[-1][7:])
+    return child_result(cmd, f"{arch} {mode}", cwd=ROOT)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplense_tf.cli import command_parser
+from pipelines.children import child_result
 from pipelines.timm_compare import DEFAULT_TORCH_PYTHON, check_torch_python, torch_child_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,11 +166,7 @@ def run_timm(args, data: Path, seed: int, out: Path) -> dict:
     job = {"arch": args.timm_arch or args.arch, "data": str(data), "epochs": args.epochs, "batch": args.batch_size,
            "seed": seed, "lr": args.lr, "out": str(out), "threads": args.threads}
     cmd = [args.torch_python, str(Path(__file__).resolve()), "--torch-child", json.dumps(job)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=torch_child_env())
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise SystemExit(f"the timm run failed:\n{done.stderr[-2000:]}")
-    return json.loads(lines[-1][7:])
+    return child_result(cmd, "the timm run", env=torch_child_env())
 
 
 def build_parser() -> argparse.ArgumentParser:
