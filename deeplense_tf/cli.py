@@ -105,7 +105,9 @@ def add_model_flags(model) -> None:
 def add_optimisation_flags(opt) -> None:
     """--epochs ... --balance: ``TrainConfig``'s optimisation fields."""
     t = TrainConfig()
-    opt.add_argument("--epochs", type=int, help=f"training epochs (default {t.epochs}); with --resume the run's new "
+    opt.add_argument("--epochs", type=int, help=f"training epochs (default {t.epochs}; "
+                     f"{arch_train_defaults('efficientnet_b4', None)['epochs']} for efficientnet_b4..b7 from scratch); "
+                     "with --resume the run's new "
                      "total: the cosine / one-cycle schedule is recomputed over it, continuing from the step reached")
     opt.add_argument("--batch-size", type=int, help=f"images per optimiser step, all GPUs and workers together "
                      f"(default {t.batch_size})")

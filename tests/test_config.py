@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from deeplense_tf.config import RunConfig, replace
+from deeplense_tf.config import RunConfig, TrainConfig, replace
 from deeplense_tf.errors import ConfigError
 
 
@@ -81,6 +81,19 @@ def test_architecture_training_defaults(argv, lr):
     from deeplense_tf.train import build_parser
 
     assert config_from_args(build_parser().parse_args(argv)).train.lr == pytest.approx(lr)
+
+
+@pytest.mark.parametrize("argv, epochs", [
+    (["--arch", "efficientnet_b4"], 40),                          # the large EfficientNets need longer from scratch
+    (["--arch", "efficientnet_b4", "--epochs", "5"], 5),
+    (["--arch", "efficientnet_b4", "--weights", "imagenet"], TrainConfig().epochs),
+    (["--arch", "efficientnet_b0"], TrainConfig().epochs),
+])
+def test_architecture_epoch_defaults(argv, epochs):
+    from deeplense_tf.cli import config_from_args
+    from deeplense_tf.train import build_parser
+
+    assert config_from_args(build_parser().parse_args(argv)).train.epochs == epochs
 
 
 def test_config_file_wins_over_architecture_defaults(tmp_path):
