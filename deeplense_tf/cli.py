@@ -23,7 +23,7 @@ from typing import Callable
 
 from deeplense_tf.config import (CLASS_WEIGHTS, DEVICES, LOSSES, NORMALIZATIONS, OPTIMIZERS, PLOT_FORMATS, SCHEDULES,
                                  STRATEGIES, TASKS, TRACKERS, UNCERTAINTIES, VALIDATE_MODES, DataConfig, ModelConfig, RunConfig,
-                                 TrainConfig, arch_train_defaults, replace, with_arch_defaults)
+                                 TrainConfig, arch_defaults, replace, with_arch_defaults)
 from deeplense_tf.errors import ConfigError, UserError
 from deeplense_tf.version import __version__
 
@@ -58,7 +58,8 @@ def add_data_flags(data) -> None:
     data.add_argument("--classes", nargs="+", metavar="NAME",
                       help="the class names the data must have (e.g. no_sub cdm axion); any other class folder "
                       "or label stops the run, naming it (default: accept the classes found)")
-    data.add_argument("--samples", type=int, help=f"images per class for sim: data (default {d.samples}); "
+    data.add_argument("--samples", type=int, help=f"images per class for sim: data (default {d.samples}; "
+                      f"{arch_defaults('efficientnet_b4', None)['samples']} for efficientnet_b4..b7 from scratch); "
                       "regression uses the axion class only. sim-stream: the fixed val/test set, and the "
                       "images per class an epoch draws from the stream")
     data.add_argument("--image-size", type=int, help="model input side; images are resized inside the model "
@@ -106,14 +107,14 @@ def add_optimisation_flags(opt) -> None:
     """--epochs ... --balance: ``TrainConfig``'s optimisation fields."""
     t = TrainConfig()
     opt.add_argument("--epochs", type=int, help=f"training epochs (default {t.epochs}; "
-                     f"{arch_train_defaults('efficientnet_b4', None)['epochs']} for efficientnet_b4..b7 from scratch); "
+                     f"{arch_defaults('efficientnet_b4', None)['epochs']} for efficientnet_b4..b7 from scratch); "
                      "with --resume the run's new "
                      "total: the cosine / one-cycle schedule is recomputed over it, continuing from the step reached")
     opt.add_argument("--batch-size", type=int, help=f"images per optimiser step, all GPUs and workers together "
                      f"(default {t.batch_size})")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {t.optimizer}); sgd uses Nesterov momentum (--momentum)")
     opt.add_argument("--lr", type=float, help=f"peak learning rate (default {t.lr}; "
-                     f"{arch_train_defaults('efficientnet_b0', None)['lr']} for efficientnet_b0..b7 from scratch)")
+                     f"{arch_defaults('efficientnet_b0', None)['lr']} for efficientnet_b0..b7 from scratch)")
     opt.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {t.weight_decay})")
     opt.add_argument("--schedule", choices=SCHEDULES,
                      help=f"learning-rate schedule (default {t.schedule}: linear warm-up then cosine to 1%%); onecycle; "

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from deeplense_tf.config import RunConfig, TrainConfig, replace
+from deeplense_tf.config import DataConfig, RunConfig, TrainConfig, replace
 from deeplense_tf.errors import ConfigError
 
 
@@ -83,17 +83,31 @@ def test_architecture_training_defaults(argv, lr):
     assert config_from_args(build_parser().parse_args(argv)).train.lr == pytest.approx(lr)
 
 
-@pytest.mark.parametrize("argv, epochs", [
-    (["--arch", "efficientnet_b4"], 40),                          # the large EfficientNets need longer from scratch
-    (["--arch", "efficientnet_b4", "--epochs", "5"], 5),
-    (["--arch", "efficientnet_b4", "--weights", "imagenet"], TrainConfig().epochs),
-    (["--arch", "efficientnet_b0"], TrainConfig().epochs),
+@pytest.mark.parametrize("argv, epochs, samples", [
+    (["--arch", "efficientnet_b4"], 20, 6000),                  # the large EfficientNets need more data from scratch
+    (["--arch", "efficientnet_b4", "--epochs", "5"], 5, 6000),
+    (["--arch", "efficientnet_b4", "--samples", "500"], 20, 500),
+    (["--arch", "efficientnet_b4", "--weights", "imagenet"], TrainConfig().epochs, DataConfig().samples),
+    (["--arch", "efficientnet_b0"], TrainConfig().epochs, DataConfig().samples),
+    (["--arch", "resnet18"], TrainConfig().epochs, DataConfig().samples),
 ])
-def test_architecture_epoch_defaults(argv, epochs):
+def test_architecture_budget_defaults(argv, epochs, samples):
     from deeplense_tf.cli import config_from_args
     from deeplense_tf.train import build_parser
 
-    assert config_from_args(build_parser().parse_args(argv)).train.epochs == epochs
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.train.epochs, config.data.samples) == (epochs, samples)
+
+
+def test_api_train_takes_architecture_defaults(monkeypatch):
+    import deeplense_tf.api as api
+
+    seen = {}
+    monkeypatch.setattr(api, "prepare_environment", lambda: None)
+    monkeypatch.setattr(api, "train_run", lambda config: seen.setdefault("config", config) and "run")
+    monkeypatch.setattr(api, "load_run", lambda run: run)
+    api.train(arch="efficientnet_b4", samples=800)
+    assert (seen["config"].data.samples, seen["config"].train.epochs) == (800, 20)
 
 
 def test_config_file_wins_over_architecture_defaults(tmp_path):
