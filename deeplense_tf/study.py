@@ -21,6 +21,11 @@ before its first checkpoint; a run whose settings changed since it started is re
 writes ``leaderboard.csv``, ``leaderboard.md`` (mean and spread over seeds, training time,
 images/s, the published figures of the same task and data set: ``evaluation/references.py``)
 and ``leaderboard.png`` (the metric against training time).
+
+A study split over machines or sessions whose run folders did not all travel is put back together
+by ``--merge`` (each job's ``leaderboard.csv``; a run finished here wins):
+
+    python -m deeplense_tf.study cpu --out studies --leaderboard --merge node2/cpu/leaderboard.csv
 """
 
 from __future__ import annotations
@@ -129,7 +134,7 @@ def execute(folder: Path, run: StudyRun, seed: int) -> str:
     return "trained"
 
 
-def run_study(study: Study, out: Path, only: list[str] | None = None) -> Path:
+def run_study(study: Study, out: Path, only: list[str] | None = None, merge: list[Path] = ()) -> Path:
     chosen = [r for r in study.runs if not only or r.name in only]
     unknown = sorted(set(only or ()) - {r.name for r in study.runs})
     if unknown:
@@ -148,7 +153,7 @@ def run_study(study: Study, out: Path, only: list[str] | None = None) -> Path:
                   flush=True)
     from deeplense_tf.evaluation.leaderboard import write_leaderboard  # matplotlib loads only here
 
-    return write_leaderboard(out / study.name, f"Study {study.name}: {study.description}")
+    return write_leaderboard(out / study.name, f"Study {study.name}: {study.description}", merge)
 
 
 def print_builtin() -> None:
@@ -165,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("studies"), help="parent folder of study folders")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the study (by name)")
     p.add_argument("--leaderboard", action="store_true", help="only write the leaderboard of what has run")
+    p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="CSV",
+                   help="leaderboard.csv files of the same study run elsewhere: their rows fill the runs this "
+                        "folder has not finished (marked in leaderboard.md)")
     return p
 
 
@@ -182,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.leaderboard:
             from deeplense_tf.evaluation.leaderboard import write_leaderboard
 
-            path = write_leaderboard(args.out / study.name, f"Study {study.name}: {study.description}")
+            path = write_leaderboard(args.out / study.name, f"Study {study.name}: {study.description}", args.merge)
         else:
-            path = run_study(study, args.out, args.only)
+            path = run_study(study, args.out, args.only, args.merge)
         print(f"leaderboard: {path}")
 
     return run_cli(job)

@@ -9,6 +9,7 @@ import pytest
 from deeplense_tf import runs, study
 from deeplense_tf.config import RunConfig
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.evaluation import leaderboard
 from deeplense_tf.sim.generate import parse_recipe
 
 TINY = {
@@ -78,6 +79,11 @@ def test_tiny_study_runs_then_skips_resumes_and_restarts(tmp_path, sim_cache, ca
     table = runs.run_table(folder)
     assert set(table["status"]) == {"finished"} and (table["train_seconds"] > 0).all()
 
+    other = tmp_path / "elsewhere.csv"  # the same study run on another machine: a finished run here wins
+    pd.DataFrame([{**board.reset_index().iloc[0].to_dict(), "mean": 99.0}]).to_csv(other, index=False)
+    study.main([str(path), "--out", str(out), "--leaderboard", "--merge", str(other)])
+    assert pd.read_csv(folder / "leaderboard.csv").set_index("run").loc["reg", "mean"] < 99
+
     write_study(path, {**TINY, "defaults": {**TINY["defaults"], "epochs": 2}})
     assert study.main([str(path), "--out", str(out), "--only", "reg"]) == 0
     assert "was started with other settings" in capsys.readouterr().err
@@ -91,3 +97,37 @@ def test_run_stopped_in_its_first_epoch_is_listed(tmp_path):
     (run / "history.csv").write_text("")
     (row,) = runs.run_table(tmp_path / "study").to_dict("records")
     assert row["status"] == "not started" and row["train_seconds"] is None
+
+
+def board_row(run, seeds=1, mean=0.5, **extra):
+    return {"run": run, "task": "regression", "arch": "resnet18", "data": "sim:model_ii:noise=published",
+            "samples": 100, "epochs": 2, "seeds": seeds, "metric": "mae", "mean": mean, "std": None,
+            "ci95_low": mean - 0.1, "ci95_high": mean + 0.1, "train_seconds": 60.0, "images_per_second": 9.0,
+            "failed_or_unfinished": 1 - min(seeds, 1), **extra}
+
+
+def test_leaderboard_merges_runs_done_elsewhere(tmp_path):
+    """Rows of another machine's leaderboard fill the runs this folder lacks, and say where they came from."""
+    other = tmp_path / "node2.csv"
+    pd.DataFrame([board_row("reg", mean=0.25), board_row("half", seeds=0, mean=float("nan"))]).to_csv(other, index=False)
+    folder = tmp_path / "studies" / "s"
+    leaderboard.write_leaderboard(folder, "s", [other])
+    board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
+    assert list(board.index) == ["reg"] and board.loc["reg", "mean"] == 0.25  # a run unfinished there is left out
+    assert board.loc["reg", "source"] == str(other)
+    text = (folder / "leaderboard.md").read_text()
+    assert "| reg * |" in text and f"* from `{other}`" in text
+    assert (folder / "leaderboard.png").is_file()
+
+    # rewritten with its own csv merged in, a row keeps where it first came from
+    leaderboard.write_leaderboard(folder, "s", [folder / "leaderboard.csv"])
+    assert pd.read_csv(folder / "leaderboard.csv").set_index("run").loc["reg", "source"] == str(other)
+
+
+def test_leaderboard_merge_refuses_what_is_not_a_leaderboard(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        leaderboard.write_leaderboard(tmp_path / "s", "s", [tmp_path / "none.csv"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("run,mean\nreg,0.1\n")
+    with pytest.raises(ConfigError, match=r"--merge .*bad.csv: not a study leaderboard.csv"):
+        leaderboard.write_leaderboard(tmp_path / "s", "s", [bad])

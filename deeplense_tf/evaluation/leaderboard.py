@@ -6,6 +6,10 @@ headline test metric over the seeds that finished, its training time (the sum of
 ``epoch_seconds``) and training images/s, and beside it the published figures of the same task
 and data set (``references.py``), marked comparable only where our data follow the released
 sets' recipe (``sim:<preset>:noise=published``).
+
+A study split over machines or sessions (one job per run, folders that did not travel) is put
+back together with ``merge``: the rows of other ``leaderboard.csv`` files fill the runs this
+folder has no finished seed of; their ``source`` column names the file, and the markdown marks them.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf import runs
+from deeplense_tf.errors import ConfigError
 from deeplense_tf.evaluation.plots import metric_against_time
 from deeplense_tf.evaluation.references import PRESET_DATASETS, references_for
 
 COLUMNS = ["run", "task", "arch", "data", "samples", "epochs", "seeds", "metric", "mean", "std", "ci95_low",
-           "ci95_high", "train_seconds", "images_per_second", "failed_or_unfinished"]
+           "ci95_high", "train_seconds", "images_per_second", "failed_or_unfinished", "source"]
 
 
 def seed_rows(folder: Path) -> pd.DataFrame:
@@ -60,9 +65,49 @@ def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
             **interval_over_seeds(finished),
             "train_seconds": finished["train_seconds"].astype(float).mean() if len(finished) else np.nan,
             "images_per_second": finished["images_per_second"].astype(float).mean() if len(finished) else np.nan,
-            "failed_or_unfinished": len(group) - len(finished),
+            "failed_or_unfinished": len(group) - len(finished), "source": "",
         })
     return pd.DataFrame(table, columns=COLUMNS)
+
+
+def merge(table: pd.DataFrame, others: list[Path]) -> pd.DataFrame:
+    """Fill the runs ``table`` has no finished seed of with the rows of other leaderboards.
+
+    A run finished here always wins; among the files, the first that has the run finished. The
+    folder's own leaderboard.csv may be one of them: it is read before it is rewritten, so rows
+    merged into it earlier stay.
+    Returns the table in its own run order, new runs appended in file order.
+    """
+    table = table.copy()
+    for path in others:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--merge {path}: no such file (give the leaderboard.csv of another study folder)")
+        other = pd.read_csv(path, keep_default_na=True)
+        missing = [c for c in COLUMNS if c not in other.columns and c != "source"]
+        if missing:
+            raise ConfigError(f"--merge {path}: not a study leaderboard.csv (missing columns {', '.join(missing)})")
+        for row in other.to_dict("records"):
+            if not row["seeds"] or row["seeds"] != row["seeds"]:
+                continue
+            have = table.index[table["run"] == row["run"]]
+            if len(have) and table.loc[have[0], "seeds"] > 0:
+                continue
+            source = row.get("source")  # a row merged before keeps where it came from
+            row = {**{c: row.get(c) for c in COLUMNS}, "source": source if isinstance(source, str) and source
+                   else str(path)}
+            if len(have):
+                table.loc[have[0], COLUMNS] = [row[c] for c in COLUMNS]
+            else:
+                table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
+    return table
+
+
+def merged_points(table: pd.DataFrame) -> pd.DataFrame:
+    """Merged rows as plot points (their seeds are not here: one point at the mean)."""
+    merged = table[table["source"].fillna("").astype(str) != ""]
+    return pd.DataFrame({"name": merged["run"], "status": "finished", "metric": merged["metric"],
+                         "train_seconds": merged["train_seconds"], "value": merged["mean"]})
 
 
 def interval_over_seeds(finished: pd.DataFrame) -> dict:
@@ -78,11 +123,21 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}", "", "95 % interval: bootstrap over the test images (the widest over seeds).", "",
              "| run | task | arch | data | epochs | seeds | metric | mean | 95 % interval | std | train s | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    sources = []
     for r in table.itertuples():
         interval = f"[{_num(r.ci95_low)}, {_num(r.ci95_high)}]" if r.ci95_low == r.ci95_low else ""
-        lines.append(f"| {r.run} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | {r.metric} | "
+        mark = ""
+        if isinstance(r.source, str) and r.source:
+            if r.source not in sources:
+                sources.append(r.source)
+            mark = " " + "*" * (sources.index(r.source) + 1)
+        lines.append(f"| {r.run}{mark} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | {r.metric} | "
                      f"{_num(r.mean)} | {interval} | {_num(r.std)} | {_num(r.train_seconds, 0)} | "
                      f"{_num(r.images_per_second, 0)} |")
+    if sources:
+        lines.append("")
+        lines += [f"{'*' * (i + 1)} from `{src}` (run elsewhere; its run folders are not in this one)."
+                  for i, src in enumerate(sources)]
     seen = set()
     for r in table.itertuples():
         dataset, comparable = dataset_of(r.data)
@@ -102,13 +157,19 @@ def _num(value, digits: int = 4) -> str:
     return "" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def write_leaderboard(folder: str | Path, title: str | None = None) -> Path:
-    """Write the three files into the study folder; returns the markdown's path."""
+def write_leaderboard(folder: str | Path, title: str | None = None, others: list[Path] = ()) -> Path:
+    """Write the three files into the study folder; returns the markdown's path.
+
+    ``others``: leaderboard.csv files of the same study run elsewhere (``merge``).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = seed_rows(folder)
     table = leaderboard(rows) if len(rows) else pd.DataFrame(columns=COLUMNS)
-    table.to_csv(folder / "leaderboard.csv", index=False)
+    if others:
+        table = merge(table, [Path(o) for o in others])
+        rows = pd.concat([rows, merged_points(table)], ignore_index=True) if len(rows) else merged_points(table)
+    runs.atomic_write_text(folder / "leaderboard.csv", table.to_csv(index=False))
     path = folder / "leaderboard.md"
     runs.atomic_write_text(path, markdown(table, title or f"Study {folder.name}"))
     if len(rows):
