@@ -62,7 +62,11 @@ def test_tiny_study_runs_then_skips_resumes_and_restarts(tmp_path, sim_cache, ca
     assert board.loc["reg", "metric"] == "mae" and board.loc["reg", "train_seconds"] > 0
     assert board.loc["reg", "ci95_low"] < board.loc["reg", "mean"] < board.loc["reg", "ci95_high"]  # every seed's
     assert "Published, regression on model_ii (not comparable" in (folder / "leaderboard.md").read_text()
-    assert (folder / "leaderboard.png").is_file()
+    assert (folder / "leaderboard.png").is_file() and (folder / "learning_curves.png").is_file()
+    curves = pd.read_csv(folder / "learning_curves.csv")
+    assert set(curves["seed"]) == {0, 1} and set(curves["metric"]) == {"val_mae"}
+    train_count = runs.read_json(runs.find_runs(folder / "reg" / "seed0")[0] / runs.DATA_INFO)["counts"]["train"]
+    assert (curves["images_seen"] == train_count * curves["epoch"]).all() and (curves["value"] > 0).all()
 
     (reg1,) = runs.find_runs(folder / "reg" / "seed1")
     (reg1 / "metrics.json").unlink()  # a run stopped after its last epoch, before the evaluation

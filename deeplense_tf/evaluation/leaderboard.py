@@ -7,6 +7,10 @@ headline test metric over the seeds that finished, its training time (the sum of
 and data set (``references.py``), marked comparable only where our data follow the released
 sets' recipe (``sim:<preset>:noise=published``).
 
+``learning_curves.csv`` / ``.png`` hold each run's validation metric against the training images
+it has seen (history.csv by epoch x the training split's size): where the curves still fall or
+rise at the end is where more images or epochs (a GPU, the ``literature`` study) would take a task.
+
 A study split over machines or sessions (one job per run, folders that did not travel) is put
 back together with ``merge``: the rows of other ``leaderboard.csv`` files fill the runs this
 folder has no finished seed of; their ``source`` column names the file, and the markdown marks them.
@@ -21,6 +25,7 @@ import pandas as pd
 
 from deeplense_tf import runs
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.evaluation.plots import learning_curves as plot_learning_curves
 from deeplense_tf.evaluation.plots import metric_against_time
 from deeplense_tf.evaluation.references import PRESET_DATASETS, references_for
 
@@ -40,6 +45,32 @@ def seed_rows(folder: Path) -> pd.DataFrame:
         row["images_per_second"] = (counts.get("train", 0) * done / seconds) if seconds else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+CURVE_METRIC = {"regression": "val_mae", "classification": "val_accuracy", "lens_finding": "val_auc",
+                "anomaly": "val_loss"}  # what history.csv holds of each task by epoch
+CURVE_COLUMNS = ["name", "seed", "task", "arch", "epoch", "images_seen", "metric", "value"]
+
+
+def learning_curves(folder: Path) -> pd.DataFrame:
+    """Every run's validation metric by epoch against training images seen (one row per epoch)."""
+    rows = []
+    for run_dir in runs.find_runs(folder):
+        history_csv = run_dir / "history.csv"
+        info = run_dir / runs.DATA_INFO
+        if not history_csv.is_file() or not history_csv.stat().st_size or not info.is_file():
+            continue
+        summary = runs.run_summary(run_dir)
+        metric = CURVE_METRIC[summary["task"]]
+        history = pd.read_csv(history_csv)
+        n_train = runs.read_json(info).get("counts", {}).get("train", 0)
+        if metric not in history or not n_train:
+            continue
+        for epoch, value in zip(history["epoch"], history[metric]):
+            rows.append({"name": run_dir.relative_to(folder).parts[0], "seed": summary["seed"], "task": summary["task"],
+                         "arch": summary["arch"], "epoch": int(epoch) + 1, "images_seen": n_train * (int(epoch) + 1),
+                         "metric": metric, "value": float(value)})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
 def dataset_of(data: str) -> tuple[str | None, bool]:
@@ -174,4 +205,8 @@ def write_leaderboard(folder: str | Path, title: str | None = None, others: list
     runs.atomic_write_text(path, markdown(table, title or f"Study {folder.name}"))
     if len(rows):
         metric_against_time(rows, folder / "leaderboard.png")
+    curves = learning_curves(folder)
+    runs.atomic_write_text(folder / "learning_curves.csv", curves.to_csv(index=False))
+    if len(curves):
+        plot_learning_curves(curves, folder / "learning_curves.png")
     return path

@@ -581,3 +581,21 @@ def metric_against_time(rows, path: Path) -> None:
         ax.legend(loc="best")
     fig.tight_layout()
     save(fig, Path(path).parent, Path(path).name)
+
+
+@journal
+def learning_curves(curves, path: Path) -> None:
+    """Validation metric against training images seen, one panel per task, one line per run and seed."""
+    tasks = list(dict.fromkeys(curves["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(SINGLE * max(1, len(tasks)) * 0.8, 2.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        part = curves[curves["task"] == task]
+        for (name, seed), group in part.groupby(["name", "seed"], sort=False):
+            ax.plot(group["images_seen"], group["value"], marker=".", ms=3, label=f"{name} s{seed}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training images seen")
+        ax.set_ylabel(f"{part['metric'].iloc[0]} ({task})")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="best", fontsize="x-small")
+    fig.tight_layout()
+    save(fig, Path(path).parent, Path(path).name)
