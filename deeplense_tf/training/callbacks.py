@@ -99,6 +99,10 @@ class LogEpochPhases(keras.callbacks.Callback):
     - ``validation_seconds``: the validation pass;
     - ``between_epochs_seconds``: from the previous epoch's end (this callback's) to this epoch's start:
       the previous epoch's checkpoint, history row and TensorBoard write (0 for a run's first epoch).
+
+    Its per-batch hook (and StopOnNaN's) costs fit no asynchronous dispatch: Keras 3 dispatches batch
+    callbacks on a thread pool only where the backend is thread-safe, and its TensorFlow backend says it
+    is not (``keras.src.backend.tensorflow.core.IS_THREAD_SAFE = False``), so they run in line there anyway.
     """
 
     def __init__(self):
