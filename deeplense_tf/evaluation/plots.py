@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from deeplense_tf.evaluation import metrics as _m
@@ -593,6 +593,7 @@ def learning_curves(curves, path: Path) -> None:
         for (name, seed), group in part.groupby(["name", "seed"], sort=False):
             ax.plot(group["images_seen"], group["value"], marker=".", ms=3, label=f"{name} s{seed}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on a short span
         ax.set_xlabel("training images seen")
         ax.set_ylabel(f"{part['metric'].iloc[0]} ({task})")
         ax.grid(alpha=0.3, which="both")
