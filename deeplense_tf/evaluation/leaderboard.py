@@ -42,7 +42,8 @@ def seed_rows(folder: Path) -> pd.DataFrame:
         counts = runs.read_json(run_dir / runs.DATA_INFO).get("counts", {}) if (run_dir / runs.DATA_INFO).is_file() else {}
         done = int(str(row["epochs"]).split("/")[0])
         seconds = row["train_seconds"]
-        row["images_per_second"] = (counts.get("train", 0) * done / seconds) if seconds else None
+        row["n_train"] = counts.get("train", 0)
+        row["images_per_second"] = (row["n_train"] * done / seconds) if seconds else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -52,25 +53,23 @@ CURVE_METRIC = {"regression": "val_mae", "classification": "val_accuracy", "lens
 CURVE_COLUMNS = ["name", "seed", "task", "arch", "epoch", "images_seen", "metric", "value"]
 
 
-def learning_curves(folder: Path) -> pd.DataFrame:
-    """Every run's validation metric by epoch against training images seen (one row per epoch)."""
-    rows = []
-    for run_dir in runs.find_runs(folder):
-        history_csv = run_dir / "history.csv"
-        info = run_dir / runs.DATA_INFO
-        if not history_csv.is_file() or not history_csv.stat().st_size or not info.is_file():
+def learning_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every run's validation metric by epoch against training images seen (one row per epoch), for
+    the run directories of ``seed_rows``."""
+    curves = []
+    for row in rows.to_dict("records"):
+        history_csv = Path(row["run"]) / "history.csv"  # empty for a run stopped in its first epoch
+        if not row["n_train"] or not history_csv.is_file() or not history_csv.stat().st_size:
             continue
-        summary = runs.run_summary(run_dir)
-        metric = CURVE_METRIC[summary["task"]]
         history = pd.read_csv(history_csv)
-        n_train = runs.read_json(info).get("counts", {}).get("train", 0)
-        if metric not in history or not n_train:
+        metric = CURVE_METRIC[row["task"]]
+        if metric not in history:
             continue
-        for epoch, value in zip(history["epoch"], history[metric]):
-            rows.append({"name": run_dir.relative_to(folder).parts[0], "seed": summary["seed"], "task": summary["task"],
-                         "arch": summary["arch"], "epoch": int(epoch) + 1, "images_seen": n_train * (int(epoch) + 1),
-                         "metric": metric, "value": float(value)})
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+        for epoch, value in zip(history["epoch"] + 1, history[metric]):
+            curves.append({"name": row["name"], "seed": row["seed"], "task": row["task"], "arch": row["arch"],
+                           "epoch": int(epoch), "images_seen": row["n_train"] * int(epoch), "metric": metric,
+                           "value": float(value)})
+    return pd.DataFrame(curves, columns=CURVE_COLUMNS)
 
 
 def dataset_of(data: str) -> tuple[str | None, bool]:
@@ -114,12 +113,12 @@ def merge(table: pd.DataFrame, others: list[Path]) -> pd.DataFrame:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--merge {path}: no such file (give the leaderboard.csv of another study folder)")
-        other = pd.read_csv(path, keep_default_na=True)
+        other = pd.read_csv(path)
         missing = [c for c in COLUMNS if c not in other.columns and c != "source"]
         if missing:
             raise ConfigError(f"--merge {path}: not a study leaderboard.csv (missing columns {', '.join(missing)})")
         for row in other.to_dict("records"):
-            if not row["seeds"] or row["seeds"] != row["seeds"]:
+            if not row["seeds"] > 0:  # unfinished there (0, or empty: NaN)
                 continue
             have = table.index[table["run"] == row["run"]]
             if len(have) and table.loc[have[0], "seeds"] > 0:
@@ -136,7 +135,7 @@ def merge(table: pd.DataFrame, others: list[Path]) -> pd.DataFrame:
 
 def merged_points(table: pd.DataFrame) -> pd.DataFrame:
     """Merged rows as plot points (their seeds are not here: one point at the mean)."""
-    merged = table[table["source"].fillna("").astype(str) != ""]
+    merged = table[table["source"] != ""]
     return pd.DataFrame({"name": merged["run"], "status": "finished", "metric": merged["metric"],
                          "train_seconds": merged["train_seconds"], "value": merged["mean"]})
 
@@ -196,6 +195,7 @@ def write_leaderboard(folder: str | Path, title: str | None = None, others: list
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = seed_rows(folder)
+    curves = learning_curves(rows) if len(rows) else pd.DataFrame(columns=CURVE_COLUMNS)
     table = leaderboard(rows) if len(rows) else pd.DataFrame(columns=COLUMNS)
     if others:
         table = merge(table, [Path(o) for o in others])
@@ -205,7 +205,6 @@ def write_leaderboard(folder: str | Path, title: str | None = None, others: list
     runs.atomic_write_text(path, markdown(table, title or f"Study {folder.name}"))
     if len(rows):
         metric_against_time(rows, folder / "leaderboard.png")
-    curves = learning_curves(folder)
     runs.atomic_write_text(folder / "learning_curves.csv", curves.to_csv(index=False))
     if len(curves):
         plot_learning_curves(curves, folder / "learning_curves.png")

@@ -587,7 +587,7 @@ def metric_against_time(rows, path: Path) -> None:
 def learning_curves(curves, path: Path) -> None:
     """Validation metric against training images seen, one panel per task, one line per run and seed."""
     tasks = list(dict.fromkeys(curves["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(SINGLE * max(1, len(tasks)) * 0.8, 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(SINGLE * len(tasks) * 0.8, 2.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         part = curves[curves["task"] == task]
         for (name, seed), group in part.groupby(["name", "seed"], sort=False):
