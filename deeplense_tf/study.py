@@ -153,7 +153,8 @@ def run_study(study: Study, out: Path, only: list[str] | None = None, merge: lis
                   flush=True)
     from deeplense_tf.evaluation.leaderboard import write_leaderboard  # matplotlib loads only here
 
-    return write_leaderboard(out / study.name, f"Study {study.name}: {study.description}", merge)
+    return write_leaderboard(out / study.name, f"Study {study.name}: {study.description}", merge,
+                             [r.name for r in study.runs])
 
 
 def print_builtin() -> None:
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.leaderboard:
             from deeplense_tf.evaluation.leaderboard import write_leaderboard
 
-            path = write_leaderboard(args.out / study.name, f"Study {study.name}: {study.description}", args.merge)
+            path = write_leaderboard(args.out / study.name, f"Study {study.name}: {study.description}", args.merge,
+                                     [r.name for r in study.runs])
         else:
             path = run_study(study, args.out, args.only, args.merge)
         print(f"leaderboard: {path}")

@@ -110,22 +110,36 @@ def board_row(run, seeds=1, mean=0.5, **extra):
             "failed_or_unfinished": 1 - min(seeds, 1), **extra}
 
 
+def curve_rows(name, values, n_train=100):
+    return [{"name": name, "seed": 0, "task": "regression", "arch": "resnet18", "epoch": e + 1,
+             "images_seen": n_train * (e + 1), "metric": "val_mae", "value": v} for e, v in enumerate(values)]
+
+
 def test_leaderboard_merges_runs_done_elsewhere(tmp_path):
-    """Rows of another machine's leaderboard fill the runs this folder lacks, and say where they came from."""
-    other = tmp_path / "node2.csv"
-    pd.DataFrame([board_row("reg", mean=0.25), board_row("half", seeds=0, mean=float("nan"))]).to_csv(other, index=False)
+    """Rows of another machine's leaderboard fill the runs this folder lacks, say where they came from,
+    bring their learning curves along and stand in the study file's run order."""
+    (tmp_path / "node2").mkdir()
+    other = tmp_path / "node2" / "leaderboard.csv"
+    pd.DataFrame([board_row("reg", mean=0.25), board_row("half", seeds=0, mean=float("nan")),
+                  board_row("cls", mean=0.4)]).to_csv(other, index=False)
+    pd.DataFrame(curve_rows("reg", [0.5, 0.3]) + curve_rows("half", [0.6]) + curve_rows("cls", [0.7, 0.5])).to_csv(
+        other.with_name("learning_curves.csv"), index=False)
     folder = tmp_path / "studies" / "s"
-    leaderboard.write_leaderboard(folder, "s", [other])
+    leaderboard.write_leaderboard(folder, "s", [other], order=["cls", "half", "reg"])
     board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
-    assert list(board.index) == ["reg"] and board.loc["reg", "mean"] == 0.25  # a run unfinished there is left out
-    assert board.loc["reg", "source"] == str(other)
+    assert list(board.index) == ["cls", "reg"]  # the study's order; a run unfinished there is left out
+    assert board.loc["reg", "mean"] == 0.25 and board.loc["reg", "source"] == str(other)
     text = (folder / "leaderboard.md").read_text()
     assert "| reg * |" in text and f"* from `{other}`" in text
-    assert (folder / "leaderboard.png").is_file()
+    assert (folder / "leaderboard.png").is_file() and (folder / "learning_curves.png").is_file()
+    curves = pd.read_csv(folder / "learning_curves.csv")
+    assert sorted(set(curves["name"])) == ["cls", "reg"]  # the unfinished run's curve stays behind
+    assert list(curves[curves["name"] == "reg"]["value"]) == [0.5, 0.3]
 
-    # rewritten with its own csv merged in, a row keeps where it first came from
+    # rewritten with its own csv merged in, a row keeps where it first came from, and its curve
     leaderboard.write_leaderboard(folder, "s", [folder / "leaderboard.csv"])
     assert pd.read_csv(folder / "leaderboard.csv").set_index("run").loc["reg", "source"] == str(other)
+    assert len(pd.read_csv(folder / "learning_curves.csv")) == 4
 
 
 def test_leaderboard_merge_refuses_what_is_not_a_leaderboard(tmp_path):
@@ -135,3 +149,9 @@ def test_leaderboard_merge_refuses_what_is_not_a_leaderboard(tmp_path):
     bad.write_text("run,mean\nreg,0.1\n")
     with pytest.raises(ConfigError, match=r"--merge .*bad.csv: not a study leaderboard.csv"):
         leaderboard.write_leaderboard(tmp_path / "s", "s", [bad])
+    good = tmp_path / "node2" / "leaderboard.csv"
+    good.parent.mkdir()
+    pd.DataFrame([board_row("reg")]).to_csv(good, index=False)
+    good.with_name("learning_curves.csv").write_text("run,mae\nreg,0.1\n")
+    with pytest.raises(ConfigError, match=r"--merge .*leaderboard.csv: .*learning_curves.csv is not a study's"):
+        leaderboard.write_leaderboard(tmp_path / "s", "s", [good])

@@ -14,6 +14,8 @@ rise at the end is where more images or epochs (a GPU, the ``literature`` study)
 A study split over machines or sessions (one job per run, folders that did not travel) is put
 back together with ``merge``: the rows of other ``leaderboard.csv`` files fill the runs this
 folder has no finished seed of; their ``source`` column names the file, and the markdown marks them.
+Their learning curves come along from the ``learning_curves.csv`` beside each merged file, so the
+curves of a study done over several sessions stay whole.
 """
 
 from __future__ import annotations
@@ -100,15 +102,17 @@ def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table, columns=COLUMNS)
 
 
-def merge(table: pd.DataFrame, others: list[Path]) -> pd.DataFrame:
+def merge(table: pd.DataFrame, others: list[Path]) -> tuple[pd.DataFrame, dict[str, Path]]:
     """Fill the runs ``table`` has no finished seed of with the rows of other leaderboards.
 
     A run finished here always wins; among the files, the first that has the run finished. The
     folder's own leaderboard.csv may be one of them: it is read before it is rewritten, so rows
     merged into it earlier stay.
-    Returns the table in its own run order, new runs appended in file order.
+    Returns the table in its own run order, new runs appended in file order, and the file each
+    merged run was taken from.
     """
     table = table.copy()
+    taken = {}
     for path in others:
         path = Path(path)
         if not path.is_file():
@@ -130,7 +134,35 @@ def merge(table: pd.DataFrame, others: list[Path]) -> pd.DataFrame:
                 table.loc[have[0], COLUMNS] = [row[c] for c in COLUMNS]
             else:
                 table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
-    return table
+            taken[row["run"]] = path
+    return table, taken
+
+
+def merged_curves(taken: dict[str, Path]) -> pd.DataFrame:
+    """The learning curves of merged runs, from the ``learning_curves.csv`` beside the file each came
+    from (none where that file has no such neighbour: a leaderboard written before curves existed)."""
+    by_file: dict[Path, list[str]] = {}
+    for name, path in taken.items():
+        by_file.setdefault(path, []).append(name)
+    parts = []
+    for path, names in by_file.items():
+        curves_csv = path.with_name("learning_curves.csv")
+        if not curves_csv.is_file() or not curves_csv.stat().st_size:
+            continue
+        curves = pd.read_csv(curves_csv)
+        missing = [c for c in CURVE_COLUMNS if c not in curves.columns]
+        if missing:
+            raise ConfigError(f"--merge {path}: {curves_csv} is not a study's learning_curves.csv "
+                              f"(missing columns {', '.join(missing)})")
+        parts.append(curves[curves["name"].isin(names)][CURVE_COLUMNS])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CURVE_COLUMNS)
+
+
+def in_run_order(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """The table sorted by the study file's run order; runs it does not name keep theirs, at the end."""
+    rank = {name: i for i, name in enumerate(order)}
+    position = table["run"].map(lambda name: rank.get(name, len(rank)))
+    return table.iloc[position.argsort(kind="stable")].reset_index(drop=True)
 
 
 def merged_points(table: pd.DataFrame) -> pd.DataFrame:
@@ -187,10 +219,12 @@ def _num(value, digits: int = 4) -> str:
     return "" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def write_leaderboard(folder: str | Path, title: str | None = None, others: list[Path] = ()) -> Path:
-    """Write the three files into the study folder; returns the markdown's path.
+def write_leaderboard(folder: str | Path, title: str | None = None, others: list[Path] = (),
+                      order: list[str] = ()) -> Path:
+    """Write the leaderboard and learning-curve files into the study folder; returns the markdown's path.
 
-    ``others``: leaderboard.csv files of the same study run elsewhere (``merge``).
+    ``others``: leaderboard.csv files of the same study run elsewhere (``merge``); ``order``: the
+    study file's run names, the order of the table's rows.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,8 +232,11 @@ def write_leaderboard(folder: str | Path, title: str | None = None, others: list
     curves = learning_curves(rows) if len(rows) else pd.DataFrame(columns=CURVE_COLUMNS)
     table = leaderboard(rows) if len(rows) else pd.DataFrame(columns=COLUMNS)
     if others:
-        table = merge(table, [Path(o) for o in others])
+        table, taken = merge(table, [Path(o) for o in others])
         rows = pd.concat([rows, merged_points(table)], ignore_index=True) if len(rows) else merged_points(table)
+        extra = merged_curves(taken)
+        curves = pd.concat([curves, extra], ignore_index=True) if len(extra) else curves
+    table = in_run_order(table, list(order))
     runs.atomic_write_text(folder / "leaderboard.csv", table.to_csv(index=False))
     path = folder / "leaderboard.md"
     runs.atomic_write_text(path, markdown(table, title or f"Study {folder.name}"))
