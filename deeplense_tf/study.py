@@ -158,10 +158,12 @@ def run_study(study: Study, out: Path, only: list[str] | None = None, merge: lis
 
 
 def print_builtin() -> None:
-    for name, path in builtin_studies().items():
+    studies = builtin_studies()
+    width = max(map(len, studies))
+    for name, path in studies.items():
         study = load_study(path)
         seeds = sum(len(r.seeds) for r in study.runs)
-        print(f"{name:<12} {len(study.runs):>3} runs, {seeds:>3} with seeds  {study.description}")
+        print(f"{name:<{width}} {len(study.runs):>3} runs, {seeds:>3} with seeds  {study.description}")
 
 
 def build_parser() -> argparse.ArgumentParser:
