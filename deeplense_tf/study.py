@@ -151,6 +151,11 @@ def run_study(study: Study, out: Path, only: list[str] | None = None, merge: lis
                 action = "failed"
             print(f"study {study.name}: {run.name} seed {seed}: {action} ({time.perf_counter() - started:.0f} s)",
                   flush=True)
+    return write_study_leaderboard(study, out, merge)
+
+
+def write_study_leaderboard(study: Study, out: Path, merge: list[Path] = ()) -> Path:
+    """The study folder's leaderboard, its rows in the study file's run order."""
     from deeplense_tf.evaluation.leaderboard import write_leaderboard  # matplotlib loads only here
 
     return write_leaderboard(out / study.name, f"Study {study.name}: {study.description}", merge,
@@ -191,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     def job():
         study = load_study(args.study)
         if args.leaderboard:
-            from deeplense_tf.evaluation.leaderboard import write_leaderboard
-
-            path = write_leaderboard(args.out / study.name, f"Study {study.name}: {study.description}", args.merge,
-                                     [r.name for r in study.runs])
+            path = write_study_leaderboard(study, args.out, args.merge)
         else:
             path = run_study(study, args.out, args.only, args.merge)
         print(f"leaderboard: {path}")

@@ -125,6 +125,11 @@ def test_leaderboard_merges_runs_done_elsewhere(tmp_path):
     pd.DataFrame(curve_rows("reg", [0.5, 0.3]) + curve_rows("half", [0.6]) + curve_rows("cls", [0.7, 0.5])).to_csv(
         other.with_name("learning_curves.csv"), index=False)
     folder = tmp_path / "studies" / "s"
+    local = folder / "reg" / "seed0" / "resnet18-regression-x"  # still training here: the merged row wins
+    (local / "checkpoints").mkdir(parents=True)
+    RunConfig().save(local / "config.json")
+    (local / runs.DATA_INFO).write_text(json.dumps({"counts": {"train": 100}}))
+    (local / "history.csv").write_text("epoch,val_mae,epoch_seconds\n0,0.9,1.0\n")
     leaderboard.write_leaderboard(folder, "s", [other], order=["cls", "half", "reg"])
     board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
     assert list(board.index) == ["cls", "reg"]  # the study's order; a run unfinished there is left out
@@ -134,7 +139,7 @@ def test_leaderboard_merges_runs_done_elsewhere(tmp_path):
     assert (folder / "leaderboard.png").is_file() and (folder / "learning_curves.png").is_file()
     curves = pd.read_csv(folder / "learning_curves.csv")
     assert sorted(set(curves["name"])) == ["cls", "reg"]  # the unfinished run's curve stays behind
-    assert list(curves[curves["name"] == "reg"]["value"]) == [0.5, 0.3]
+    assert list(curves[curves["name"] == "reg"]["value"]) == [0.5, 0.3]  # not the local partial curve
 
     # rewritten with its own csv merged in, a row keeps where it first came from, and its curve
     leaderboard.write_leaderboard(folder, "s", [folder / "leaderboard.csv"])

@@ -111,7 +111,7 @@ def merge(table: pd.DataFrame, others: list[Path]) -> tuple[pd.DataFrame, dict[s
     Returns the table in its own run order, new runs appended in file order, and the file each
     merged run was taken from.
     """
-    table = table.copy()
+    records = table.to_dict("records")  # rows as dicts: a merged row may bring other dtypes than ours
     taken = {}
     for path in others:
         path = Path(path)
@@ -124,18 +124,18 @@ def merge(table: pd.DataFrame, others: list[Path]) -> tuple[pd.DataFrame, dict[s
         for row in other.to_dict("records"):
             if not row["seeds"] > 0:  # unfinished there (0, or empty: NaN)
                 continue
-            have = table.index[table["run"] == row["run"]]
-            if len(have) and table.loc[have[0], "seeds"] > 0:
+            have = [i for i, r in enumerate(records) if r["run"] == row["run"]]
+            if have and records[have[0]]["seeds"] > 0:
                 continue
             source = row.get("source")  # a row merged before keeps where it came from
             row = {**{c: row.get(c) for c in COLUMNS}, "source": source if isinstance(source, str) and source
                    else str(path)}
-            if len(have):
-                table.loc[have[0], COLUMNS] = [row[c] for c in COLUMNS]
+            if have:
+                records[have[0]] = row
             else:
-                table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
+                records.append(row)
             taken[row["run"]] = path
-    return table, taken
+    return pd.DataFrame(records, columns=COLUMNS), taken
 
 
 def merged_curves(taken: dict[str, Path]) -> pd.DataFrame:
@@ -234,6 +234,7 @@ def write_leaderboard(folder: str | Path, title: str | None = None, others: list
     if others:
         table, taken = merge(table, [Path(o) for o in others])
         rows = pd.concat([rows, merged_points(table)], ignore_index=True) if len(rows) else merged_points(table)
+        curves = curves[~curves["name"].isin(list(taken))]  # a merged row's curve is the merged file's
         extra = merged_curves(taken)
         curves = pd.concat([curves, extra], ignore_index=True) if len(extra) else curves
     table = in_run_order(table, list(order))
