@@ -57,6 +57,14 @@ def test_regression_metrics_in_dex(regression_run):
     np.testing.assert_allclose(frame["pred_axion_mass"], 10 ** frame["pred_log10_axion_mass"], rtol=1e-5)
 
 
+def test_the_kept_checkpoint_scores_on_validation_what_fit_logged(regression_run):
+    """finish re-measures best.keras on the validation split (training/revalidate.py): a sound run agrees."""
+    check = json.loads((regression_run / "metrics.json").read_text())["revalidation"]
+    (best,) = check["checkpoints"].values()
+    assert check["monitor"] == "val_loss" and check["disagreement"] is False and check["kept"] == best["epoch"] == 1
+    assert best["measured"] == pytest.approx(best["logged"], rel=1e-4)
+
+
 def test_saved_model_in_fresh_process_matches_keras(classification_run, tmp_path):
     import keras
 
@@ -107,6 +115,8 @@ def test_resume_continues_from_last_epoch(regression_run, capsys):
     assert "resuming" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two tiny runs (about 100 s in CI); restart_run, the same path, runs in CI in
+# test_requeue_and_plots.py::test_resume_with_no_loadable_checkpoint_starts_over
 def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_over(sim_cache, tmp_path, capsys):
     """What a requeued job finds after a kill in epoch 1: config, data.json, split.csv, no checkpoint."""
     run = _train(tmp_path / "killed", "--task", "classification")

@@ -43,6 +43,7 @@ from deeplense_tf.training.ema import ValidateWithEMA, ema_weights
 from deeplense_tf.training.finetune import finetune_callbacks, set_finetune_state
 from deeplense_tf.training.losses import gaussian_metrics, task_loss  # also registers what checkpoints name
 from deeplense_tf.training.reseed import ReseedRandomLayers
+from deeplense_tf.training.revalidate import revalidate
 from deeplense_tf.training.sam import enable_sam
 from deeplense_tf.training.tracking import MLflowLogger, check_tracker, log_results
 from deeplense_tf.training.schedules import learning_rate  # also registers the schedules checkpoints name
@@ -430,7 +431,12 @@ def run_fit(model: keras.Model, config: RunConfig, run_dir: Path, inputs: FitInp
 
 
 def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
-    """Evaluate the best checkpoint on the test split, plot the history, export."""
+    """Re-measure the kept checkpoints on the validation split (revalidate.py), evaluate the best on the
+    test split, plot the history, export."""
+    x_val, y_val = data.subset("val")
+    revalidation = revalidate(run_dir, config.model.task,
+                              create_dataset(x_val, fit_labels(config.model.task, y_val), config.train.batch_size,
+                                             training=False))
     best = run_dir / (runs.BEST if (run_dir / runs.BEST).is_file() else runs.LAST)
     model = keras.models.load_model(best, compile=False)
     calibration, features = calibrate(model, config.model.task, data.subset("val"),
@@ -443,7 +449,8 @@ def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
     document = evaluate_predictions(config.model.task, y_test, outputs, info,
                                     data.table.loc[data.splits["test"]], run_dir,
                                     {"run": str(run_dir), "data": data.source, "split": "test",
-                                     "tta": False, "n": int(len(y_test)), "checkpoint": best.name},
+                                     "tta": False, "n": int(len(y_test)), "checkpoint": best.name,
+                                     **({"revalidation": revalidation} if revalidation else {})},
                                     model=model, images=x_test, calibration=calibration,
                                     plot_format=config.train.plot_format)
     if (run_dir / "history.csv").is_file():
