@@ -102,8 +102,20 @@ def features_model(model: keras.Model) -> keras.Model:
 
 
 def classification_head(features, config: ModelConfig, n_classes: int):
+    """Dropout and a softmax layer initialised as PyTorch's ``nn.Linear`` (weights and bias uniform in
+    +-1/sqrt(features)): resnet18 over 5 seeds, +0.001 macro AUC on our test split and +0.002 on the
+    original generator's images against Keras' Glorot weights and zero bias (BENCHMARKS.md, "Head init")."""
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(features)
-    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    init = linear_init(int(features.shape[-1]))
+    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities",
+                              kernel_initializer=init, bias_initializer=init)(x)
+
+
+def linear_init(fan_in: int) -> keras.initializers.Initializer:
+    """PyTorch ``nn.Linear``'s default draw (kaiming-uniform with a = sqrt(5), which is U(+-1/sqrt(fan_in)),
+    the bias alike): a third of Glorot's range for 512 features into 3 classes."""
+    bound = 1.0 / fan_in ** 0.5
+    return keras.initializers.RandomUniform(-bound, bound)
 
 
 def lens_finding_head(features, config: ModelConfig):
