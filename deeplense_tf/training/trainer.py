@@ -439,7 +439,7 @@ def finish(config: RunConfig, data: PreparedData, run_dir: Path) -> Path:
                                              training=False))
     best = run_dir / (runs.BEST if (run_dir / runs.BEST).is_file() else runs.LAST)
     model = keras.models.load_model(best, compile=False)
-    calibration, features = calibrate(model, config.model.task, data.subset("val"),
+    calibration, features = calibrate(model, config.model.task, (x_val, y_val),
                                       None if data.stream is not None else data.subset("train"),
                                       config.train.batch_size, config.train.seed)
     write_calibration(run_dir, calibration, features)
