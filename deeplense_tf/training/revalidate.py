@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -57,7 +56,6 @@ def revalidate(run_dir: Path, task_name: str, val: tf.data.Dataset) -> dict:
             measured = float(model.evaluate(val, verbose=0, return_dict=True)["loss"])
         checkpoints[name] = {"epoch": int(epochs[name]), "logged": logged.get(int(epochs[name])),
                              "measured": measured}
-        del model
     sign = 1.0 if task.monitor_mode == "min" else -1.0
     kept = min(checkpoints, key=lambda n: (_ranked(sign * checkpoints[n]["measured"]), n != runs.BEST))
     report = {"monitor": task.monitor, "checkpoints": checkpoints, "kept": checkpoints[kept]["epoch"],
@@ -101,4 +99,4 @@ def promote_last(run_dir: Path, state: dict, last: dict) -> None:
 
 def _ranked(value: float) -> float:
     """Lower is better; a non-finite value ranks last."""
-    return value if math.isfinite(value) else np.inf
+    return value if math.isfinite(value) else math.inf
