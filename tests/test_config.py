@@ -84,9 +84,9 @@ def test_architecture_training_defaults(argv, lr):
 
 
 @pytest.mark.parametrize("argv, epochs, samples", [
-    (["--arch", "efficientnet_b4"], 20, 6000),                  # the large EfficientNets need more data from scratch
-    (["--arch", "efficientnet_b4", "--epochs", "5"], 5, 6000),
-    (["--arch", "efficientnet_b4", "--samples", "500"], 20, 500),
+    (["--arch", "efficientnet_b4"], 10, 20000),                  # the large EfficientNets need more data from scratch
+    (["--arch", "efficientnet_b4", "--epochs", "5"], 5, 20000),
+    (["--arch", "efficientnet_b4", "--samples", "500"], 10, 500),
     (["--arch", "efficientnet_b4", "--weights", "imagenet"], TrainConfig().epochs, DataConfig().samples),
     (["--arch", "efficientnet_b0"], TrainConfig().epochs, DataConfig().samples),
     (["--arch", "resnet18"], TrainConfig().epochs, DataConfig().samples),
@@ -107,7 +107,7 @@ def test_api_train_takes_architecture_defaults(monkeypatch):
     monkeypatch.setattr(api, "train_run", lambda config: seen.setdefault("config", config) and "run")
     monkeypatch.setattr(api, "load_run", lambda run: run)
     api.train(arch="efficientnet_b4", samples=800)
-    assert (seen["config"].data.samples, seen["config"].train.epochs) == (800, 20)
+    assert (seen["config"].data.samples, seen["config"].train.epochs) == (800, 10)
 
 
 def test_config_file_wins_over_architecture_defaults(tmp_path):
