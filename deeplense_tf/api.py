@@ -17,7 +17,6 @@ the simulator's workers never re-run the calling script (``sim/workers.py``).
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from deeplense_tf import runs
-from deeplense_tf.cli import DEFAULT_ANOMALY_ARCH, FLAG_FIELDS, prepare_environment
-from deeplense_tf.config import ModelConfig, RunConfig, replace, with_arch_defaults
+from deeplense_tf.cli import FLAG_FIELDS, config_from_options, prepare_environment
+from deeplense_tf.config import ModelConfig, RunConfig, replace
 from deeplense_tf.data.index import DataIndex
 from deeplense_tf.data.prepare import evaluation_set
 from deeplense_tf.data.sources import load_data as _load_data
@@ -150,23 +149,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
             raise ConfigError(f"train(resume=...) continues a run with its saved config; only epochs may be given. "
                               f"Received: {', '.join(unknown) or 'config'}")
         return load_run(resume_run(Path(resume), epochs=options.get("epochs")))
-    given_config, config = config, config or RunConfig()
-    changes: dict[str, dict] = {section: {} for section in FLAG_FIELDS}
-    for key, value in options.items():
-        section = next((s for s, names in FLAG_FIELDS.items() if key in names), None)
-        if section is None:
-            known = [n for names in FLAG_FIELDS.values() for n in names]
-            close = difflib.get_close_matches(key, known, n=3)
-            raise ConfigError(f"train() got an unknown setting {key!r}"
-                              f"{'; closest: ' + ', '.join(close) if close else ''}. Settings: the fields of "
-                              "DataConfig, ModelConfig and TrainConfig (deeplense_tf.config)")
-        changes[section][key] = tuple(value) if isinstance(value, list) else value
-    if changes["model"].get("task") == "anomaly" and "arch" not in changes["model"]:
-        changes["model"]["arch"] = DEFAULT_ANOMALY_ARCH
-    if given_config is None:  # a config object states every field: it wins over the architecture's defaults
-        changes = with_arch_defaults(changes, config)
-    config = replace(config, **{k: v for k, v in changes.items() if v})
-    return load_run(train_run(config))
+    return load_run(train_run(config_from_options(options, config)))
 
 
 def evaluate(run: Run | str | Path, data: str | Sequence[str] | None = None, *, tta: bool = False,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import re
 import shutil
@@ -235,6 +236,28 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"--nll-beta weights the Gaussian likelihood of --uncertainty gaussian; add it or drop "
                         f"--nll-beta {config.train.nll_beta}")
     return config
+
+
+def config_from_options(options: dict, config: RunConfig | None = None) -> RunConfig:
+    """The run config of ``dl.train(**options)`` / a study entry: ``config`` (default: the defaults)
+    <- the architecture's defaults (only without ``config``, which states every field) <- ``options``,
+    the train flags' names."""
+    changes: dict[str, dict] = {section: {} for section in FLAG_FIELDS}
+    for key, value in options.items():
+        section = next((s for s, names in FLAG_FIELDS.items() if key in names), None)
+        if section is None:
+            known = [n for names in FLAG_FIELDS.values() for n in names]
+            close = difflib.get_close_matches(key, known, n=3)
+            raise ConfigError(f"train() got an unknown setting {key!r}"
+                              f"{'; closest: ' + ', '.join(close) if close else ''}. Settings: the fields of "
+                              "DataConfig, ModelConfig and TrainConfig (deeplense_tf.config)")
+        changes[section][key] = tuple(value) if isinstance(value, list) else value
+    if changes["model"].get("task") == "anomaly" and "arch" not in changes["model"]:
+        changes["model"]["arch"] = DEFAULT_ANOMALY_ARCH
+    if config is None:
+        config = RunConfig()
+        changes = with_arch_defaults(changes, config)
+    return replace(config, **{k: v for k, v in changes.items() if v})
 
 
 def callable_as(module_name: str, function: Callable) -> None:

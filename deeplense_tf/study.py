@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deeplense_tf import runs
-from deeplense_tf.cli import FLAG_FIELDS, command_parser, prepare_environment, run_cli
+from deeplense_tf.cli import FLAG_FIELDS, command_parser, config_from_options, prepare_environment, run_cli
 from deeplense_tf.errors import ConfigError, UserError
 
 BUILTIN = Path(__file__).with_name("studies")
@@ -159,7 +159,21 @@ def write_study_leaderboard(study: Study, out: Path, merge: list[Path] = ()) -> 
     from deeplense_tf.evaluation.leaderboard import write_leaderboard  # matplotlib loads only here
 
     return write_leaderboard(out / study.name, f"Study {study.name}: {study.description}", merge,
-                             [r.name for r in study.runs])
+                             [r.name for r in study.runs], planned_rows(study))
+
+
+def planned_rows(study: Study) -> list[dict]:
+    """What each run of the study will train (task, arch, data, samples, epochs: the architecture's
+    defaults applied), for the leaderboard to list the runs not run yet."""
+    rows = []
+    for run in study.runs:
+        config = config_from_options(run.settings)
+        data = config.data.data
+        rows.append({"run": run.name, "task": config.model.task, "arch": config.model.arch,
+                     "metric": runs.HEADLINE[config.model.task][0],
+                     "data": data if isinstance(data, str) else ",".join(data), "samples": config.data.samples,
+                     "epochs": config.train.epochs})
+    return rows
 
 
 def print_builtin() -> None:

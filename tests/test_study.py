@@ -58,7 +58,10 @@ def test_tiny_study_runs_then_skips_resumes_and_restarts(tmp_path, sim_cache, ca
     assert study.main([str(path), "--out", str(out)]) == 0
     folder = out / "tiny"
     board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
-    assert board.loc["reg", "seeds"] == 2 and board.loc["reg", "std"] >= 0 and "cls" not in board.index
+    assert board.loc["reg", "seeds"] == 2 and board.loc["reg", "std"] >= 0
+    assert board.loc["cls", "seeds"] == 0 and board.loc["cls", "metric"] == "roc_auc_macro_ovr"  # listed, not run
+    assert "| cls | classification | mobilenet_v3_small | sim:model_ii | 1 | 0 | roc_auc_macro_ovr | not run |" \
+        in (folder / "leaderboard.md").read_text()
     assert board.loc["reg", "metric"] == "mae" and board.loc["reg", "train_seconds"] > 0
     assert board.loc["reg", "ci95_low"] < board.loc["reg", "mean"] < board.loc["reg", "ci95_high"]  # every seed's
     assert "Published, regression on model_ii (not comparable" in (folder / "leaderboard.md").read_text()
@@ -145,6 +148,16 @@ def test_leaderboard_merges_runs_done_elsewhere(tmp_path):
     leaderboard.write_leaderboard(folder, "s", [folder / "leaderboard.csv"])
     assert pd.read_csv(folder / "leaderboard.csv").set_index("run").loc["reg", "source"] == str(other)
     assert len(pd.read_csv(folder / "learning_curves.csv")) == 4
+
+    # the study's runs that ran nowhere are listed as not run; a run merged or found here keeps its row
+    planned = [{"run": name, "task": "regression", "arch": "resnet18", "data": "sim:model_ii", "samples": 10,
+                "epochs": 2, "metric": "mae"} for name in ("cls", "half", "reg")]
+    leaderboard.write_leaderboard(folder, "s", [folder / "leaderboard.csv"], ["cls", "half", "reg"], planned)
+    board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
+    assert list(board.index) == ["cls", "half", "reg"] and board.loc["cls", "mean"] == 0.4
+    assert board.loc["half", "seeds"] == 0 and board.loc["half", "mean"] != board.loc["half", "mean"]
+    assert "| half | regression | resnet18 | sim:model_ii | 2 | 0 | mae | not run |" in \
+        (folder / "leaderboard.md").read_text()
 
 
 def test_leaderboard_merge_refuses_what_is_not_a_leaderboard(tmp_path):

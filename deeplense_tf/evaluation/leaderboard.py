@@ -158,6 +158,15 @@ def merged_curves(taken: dict[str, Path]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
+def with_planned(table: pd.DataFrame, planned: list[dict]) -> pd.DataFrame:
+    """``table`` plus a 0-seed row for each planned run it has no row of."""
+    missing = [{**{c: np.nan for c in COLUMNS}, **row, "seeds": 0, "failed_or_unfinished": 0, "source": ""}
+               for row in planned if row["run"] not in set(table["run"])]
+    if not missing:
+        return table
+    return pd.DataFrame(table.to_dict("records") + missing, columns=COLUMNS)
+
+
 def in_run_order(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """The table sorted by the study file's run order; runs it does not name keep theirs, at the end."""
     rank = {name: i for i, name in enumerate(order)}
@@ -193,8 +202,10 @@ def markdown(table: pd.DataFrame, title: str) -> str:
             if r.source not in sources:
                 sources.append(r.source)
             mark = " " + "*" * (sources.index(r.source) + 1)
-        lines.append(f"| {r.run}{mark} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | {r.metric} | "
-                     f"{_num(r.mean)} | {interval} | {_num(r.std)} | {_num(r.train_seconds, 0)} | "
+        mean = _num(r.mean) or ("unfinished" if r.failed_or_unfinished else "not run")
+        lines.append(f"| {r.run}{mark} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | "
+                     f"{r.metric} | {mean} | {interval} | {_num(r.std)} | "
+                     f"{_num(r.train_seconds, 0)} | "
                      f"{_num(r.images_per_second, 0)} |")
     if sources:
         lines.append("")
@@ -220,11 +231,13 @@ def _num(value, digits: int = 4) -> str:
 
 
 def write_leaderboard(folder: str | Path, title: str | None = None, others: list[Path] = (),
-                      order: list[str] = ()) -> Path:
+                      order: list[str] = (), planned: list[dict] = ()) -> Path:
     """Write the leaderboard and learning-curve files into the study folder; returns the markdown's path.
 
     ``others``: leaderboard.csv files of the same study run elsewhere (``merge``); ``order``: the
-    study file's run names, the order of the table's rows.
+    study file's run names, the order of the table's rows; ``planned``: the study's runs (``run``,
+    ``task``, ``arch``, ``data``, ``samples``, ``epochs``, ``metric``), listed with 0 seeds where neither this
+    folder nor a merged file has them, so a leaderboard shows what is still to run.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,6 +250,7 @@ def write_leaderboard(folder: str | Path, title: str | None = None, others: list
         curves = curves[~curves["name"].isin(list(taken))]  # a merged row's curve is the merged file's
         extra = merged_curves(taken)
         curves = pd.concat([curves, extra], ignore_index=True) if len(extra) else curves
+    table = with_planned(table, planned)
     table = in_run_order(table, list(order))
     runs.atomic_write_text(folder / "leaderboard.csv", table.to_csv(index=False))
     path = folder / "leaderboard.md"
