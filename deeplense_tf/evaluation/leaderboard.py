@@ -160,8 +160,9 @@ def merged_curves(taken: dict[str, Path]) -> pd.DataFrame:
 
 def with_planned(table: pd.DataFrame, planned: list[dict]) -> pd.DataFrame:
     """``table`` plus a 0-seed row for each planned run it has no row of."""
+    listed = set(table["run"])
     missing = [{**{c: np.nan for c in COLUMNS}, **row, "seeds": 0, "failed_or_unfinished": 0, "source": ""}
-               for row in planned if row["run"] not in set(table["run"])]
+               for row in planned if row["run"] not in listed]
     if not missing:
         return table
     return pd.DataFrame(table.to_dict("records") + missing, columns=COLUMNS)
@@ -203,9 +204,8 @@ def markdown(table: pd.DataFrame, title: str) -> str:
                 sources.append(r.source)
             mark = " " + "*" * (sources.index(r.source) + 1)
         mean = _num(r.mean) or ("unfinished" if r.failed_or_unfinished else "not run")
-        lines.append(f"| {r.run}{mark} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | "
-                     f"{r.metric} | {mean} | {interval} | {_num(r.std)} | "
-                     f"{_num(r.train_seconds, 0)} | "
+        lines.append(f"| {r.run}{mark} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | {r.metric} | "
+                     f"{mean} | {interval} | {_num(r.std)} | {_num(r.train_seconds, 0)} | "
                      f"{_num(r.images_per_second, 0)} |")
     if sources:
         lines.append("")
