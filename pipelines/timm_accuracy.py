@@ -91,8 +91,10 @@ def train_timm(arch: str, data: str, epochs: int, batch: int, seed: int, lr: flo
         return torch.stack([torch.rot90(image, int(k), dims=(1, 2)) for image, k in zip(images, turns)])
     started = time.perf_counter()
     model.train()
+    epoch_loss = []  # the mean training loss of each epoch (training mode, augmented), as Keras logs "loss"
     for _ in range(epochs):
         order = rng.permutation(len(x))
+        summed = 0.0
         for first in range(0, len(x), batch):
             index = order[first:first + batch]
             images = augment(standardise(x[index]))
@@ -101,6 +103,8 @@ def train_timm(arch: str, data: str, epochs: int, batch: int, seed: int, lr: flo
             loss.backward()
             optimizer.step()
             schedule.step()
+            summed += float(loss.detach()) * len(index)
+        epoch_loss.append(summed / len(x))
     seconds = time.perf_counter() - started
     model.eval()
     probabilities = {}
@@ -112,7 +116,7 @@ def train_timm(arch: str, data: str, epochs: int, batch: int, seed: int, lr: flo
             probabilities[name] = np.concatenate(parts)
     np.savez(out, **probabilities)
     return {"train_seconds": seconds, "torch": torch.__version__, "timm": timm.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "epoch_loss": epoch_loss}
 
 
 # ---- the parent: runs in the project's Python ------------------------------------------------
@@ -132,15 +136,16 @@ def load_reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict:
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import log_loss, roc_auc_score
 
     return {"auc": float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")),
-            "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels))}
+            "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+            "nll": float(log_loss(labels, probabilities, labels=range(len(CLASSES))))}
 
 
-def train_ours(args, sets: dict[str, Path], seed: int, out: Path) -> tuple[dict, float]:
+def train_ours(args, sets: dict[str, Path], seed: int, out: Path) -> tuple[dict, float, list[float]]:
     """Our run on the same files; returns ({"best": the checkpoint it selects, "last": the last epoch's},
-    its training seconds)."""
+    its training seconds, its training loss by epoch)."""
     import keras
     import pandas as pd
 
@@ -159,7 +164,8 @@ def train_ours(args, sets: dict[str, Path], seed: int, out: Path) -> tuple[dict,
 
     models = {name: keras.models.load_model(run / "checkpoints" / f"{name}.keras", compile=False)
               for name in ("best", "last")}
-    return models, float(pd.read_csv(run / "history.csv")["epoch_seconds"].sum())
+    history = pd.read_csv(run / "history.csv")
+    return models, float(history["epoch_seconds"].sum()), history["loss"].tolist()
 
 
 def run_timm(args, data: Path, seed: int, out: Path) -> dict:
@@ -193,15 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def table(rows: list[dict], markdown: bool) -> str:
-    header = ["seed", "side", "train s", "AUC own test", "acc own test", "AUC reference", "acc reference"]
-    lines = [[str(r["seed"]), r["side"], f"{r['train_seconds']:.0f}", f"{r['test_auc']:.4f}",
-              f"{r['test_accuracy']:.3f}", f"{r['reference_auc']:.4f}", f"{r['reference_accuracy']:.3f}"] for r in rows]
+    header = ["seed", "side", "train s", "last train loss", "AUC own test", "acc own test", "NLL own test",
+              "AUC reference", "acc reference"]
+    columns = (("train_seconds", 0), ("last_train_loss", 3), ("test_auc", 4), ("test_accuracy", 3), ("test_nll", 3),
+               ("reference_auc", 4), ("reference_accuracy", 3))
+    lines = [[str(r["seed"]), r["side"], *(f"{r[k]:.{d}f}" for k, d in columns)] for r in rows]
     for side in dict.fromkeys(r["side"] for r in rows):
         mine = [r for r in rows if r["side"] == side]
         if len(mine) > 1:
-            lines.append(["mean", side, f"{statistics.mean(r['train_seconds'] for r in mine):.0f}",
-                          *(f"{statistics.mean(r[k] for r in mine):.{d}f}" for k, d in
-                            (("test_auc", 4), ("test_accuracy", 3), ("reference_auc", 4), ("reference_accuracy", 3)))])
+            lines.append(["mean", side, *(f"{statistics.mean(r[k] for r in mine):.{d}f}" for k, d in columns)])
     if markdown:
         return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                           *("| " + " | ".join(line) + " |" for line in lines)])
@@ -234,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             if "ours" in args.sides:
                 load = os.getloadavg()[0]
-                models, seconds = train_ours(args, sets, seed, Path(tmp) / f"ours-{seed}")
+                models, seconds, epoch_loss = train_ours(args, sets, seed, Path(tmp) / f"ours-{seed}")
                 for checkpoint, model in models.items():  # the run's choice, and the last epoch as timm's
                     row = {"seed": seed, "side": "ours" if checkpoint == "best" else "ours (last epoch)",
-                           "train_seconds": seconds, "load_before": load, "flags": args.flags}
+                           "train_seconds": seconds, "load_before": load, "flags": args.flags,
+                           "epoch_loss": epoch_loss, "last_train_loss": epoch_loss[-1]}
                     for name in ("test", "reference"):
                         images, labels = arrays[name]
                         row.update({f"{name}_{k}": v for k, v in
@@ -249,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 info = run_timm(args, data, seed, out)
                 probabilities = np.load(out)
                 row = {"seed": seed, "side": "timm", "train_seconds": info["train_seconds"], "load_before": load,
-                       "versions": f"torch {info['torch']}, timm {info['timm']}"}
+                       "versions": f"torch {info['torch']}, timm {info['timm']}",
+                       "epoch_loss": info["epoch_loss"], "last_train_loss": info["epoch_loss"][-1]}
                 for name in ("test", "reference"):
                     row.update({f"{name}_{k}": v for k, v in scores(arrays[name][1], probabilities[name]).items()})
                 rows.append(row)
@@ -259,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
     print(table(rows, args.markdown))
+    print("training loss by epoch (training mode, augmented; ours with its head's dropout):")
+    for r in rows:
+        print(f"  seed {r['seed']} {r['side']}: " + " ".join(f"{v:.3f}" for v in r["epoch_loss"]))
     return 0
 
 

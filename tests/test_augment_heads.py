@@ -42,6 +42,19 @@ def test_flip_and_rot90_compose_to_dihedral_copies():
     assert all(_is_dihedral_copy(o, b) for o, b in zip(np.asarray(x), BATCH))
 
 
+def test_augmentation_draws_all_eight_symmetries_evenly():
+    image = np.arange(16, dtype=np.float32).reshape(4, 4)  # no symmetry of its own: 8 distinct views
+    views = [np.rot90(np.fliplr(image) if mirrored else image, k) for mirrored in (False, True) for k in range(4)]
+    x = np.repeat(image[None, :, :, None], 4000, axis=0)
+    for layer in augmentation_layers(seed=1):
+        x = layer(x, training=True)
+    counts = np.zeros(8, int)
+    for out in np.asarray(x)[..., 0]:
+        counts[next(i for i, v in enumerate(views) if np.array_equal(out, v))] += 1
+    # 500 expected each; Keras' RandomFlip("horizontal_and_vertical") gave 0 for the 4 mirrored views
+    assert counts.min() > 400 and counts.max() < 600, counts
+
+
 @pytest.mark.parametrize("layer", [RandomRot90(seed=3), Destandardize(mean=-23.0, std=0.5)])
 def test_custom_layer_config_roundtrip(layer):
     assert_config_roundtrip(layer)

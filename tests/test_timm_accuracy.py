@@ -22,15 +22,17 @@ def test_scores_by_hand():
     cdm = np.mean([p > n for p in [0.7] for n in [0.1, 0.2, 0.1]])
     no_sub = np.mean([p > n for p in [0.7, 0.4] for n in [0.1, 0.1]])
     assert got["auc"] == pytest.approx((axion + cdm + no_sub) / 3)
+    # cross-entropy: minus the mean log of the probability given to the true class
+    assert got["nll"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.7, 0.4])))
 
 
 def test_table_gives_each_seed_and_the_mean_per_side():
-    rows = [{"seed": s, "side": side, "train_seconds": 60 + s, "test_auc": auc, "test_accuracy": 0.9,
-             "reference_auc": auc - 0.01, "reference_accuracy": 0.85}
+    rows = [{"seed": s, "side": side, "train_seconds": 60 + s, "last_train_loss": 0.2 + s / 10, "test_auc": auc,
+             "test_accuracy": 0.9, "test_nll": 0.3, "reference_auc": auc - 0.01, "reference_accuracy": 0.85}
             for s, (side, auc) in [(0, ("ours", 0.97)), (0, ("timm", 0.96)), (1, ("ours", 0.99)), (1, ("timm", 0.98))]]
     text = timm_accuracy.table(rows, markdown=True)
-    assert "| mean | ours | 60 | 0.9800 | 0.900 | 0.9700 | 0.850 |" in text
-    assert "| 1 | timm | 61 | 0.9800 | 0.900 | 0.9700 | 0.850 |" in text
+    assert "| mean | ours | 60 | 0.250 | 0.9800 | 0.900 | 0.300 | 0.9700 | 0.850 |" in text
+    assert "| 1 | timm | 61 | 0.300 | 0.9800 | 0.900 | 0.300 | 0.9700 | 0.850 |" in text
 
 
 def test_reference_labels_follow_the_class_order(tmp_path):
@@ -56,3 +58,4 @@ def test_both_sides_end_to_end(sim_cache, tmp_path):
     assert [r["side"] for r in rows] == ["ours", "ours (last epoch)", "timm"]
     for row in rows:
         assert 0 <= row["test_auc"] <= 1 and 0 <= row["reference_auc"] <= 1 and row["train_seconds"] > 0
+        assert len(row["epoch_loss"]) == 1 and row["last_train_loss"] == row["epoch_loss"][-1] > 0 and row["test_nll"] > 0

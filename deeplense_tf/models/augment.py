@@ -44,7 +44,11 @@ def augmentation_layers(seed: int | None = None, shift: float = 0.0, noise: floa
     side (Keras ``RandomTranslation``, reflected borders); ``noise``: Gaussian noise of that
     standard deviation, in units of the standardised image (Keras ``GaussianNoise``)."""
     layers = [
-        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed, name="random_flip"),
+        # A mirror, then a random quarter turn: each of the 8 symmetries of the square with probability 1/8.
+        # Not RandomFlip("horizontal_and_vertical"): it draws one coin per image for both axes, so it
+        # only ever turns an image by 180 degrees, and with RandomRot90 no image was ever mirrored
+        # (BENCHMARKS.md, "Mirrored images").
+        keras.layers.RandomFlip("horizontal", seed=seed, name="random_flip"),
         RandomRot90(seed=None if seed is None else seed + 1, name="random_rot90"),
     ]
     if shift:
