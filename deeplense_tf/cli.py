@@ -81,7 +81,7 @@ def add_model_flags(model) -> None:
     model.add_argument("--task", choices=TASKS, help=f"what to learn (default {m.task})")
     model.add_argument("--weights", help="none (train from scratch, default), imagenet (needs a network "
                        "or ~/.keras/models), or a local weights file")
-    model.add_argument("--dropout", type=float, help=f"dropout in the head (default {m.dropout})")
+    model.add_argument("--dropout", type=float, help="dropout in the head (default 0 for classification, 0.2 otherwise)")
     model.add_argument("--fc-units", type=int, nargs=2, metavar=("N1", "N2"),
                        help=f"widths of the regression head's two Dense layers (default {m.fc_units})")
     model.add_argument("--uncertainty", choices=UNCERTAINTIES,

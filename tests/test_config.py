@@ -132,3 +132,22 @@ def test_init_seed_seeds_training_only():
     assert model_seed(plain) == 7
     with pytest.raises(ConfigError, match="init_seed"):
         replace(RunConfig(), train={"init_seed": -1})
+
+
+@pytest.mark.parametrize("task, given, rate", [("classification", None, 0.0), ("regression", None, 0.2),
+                                               ("lens_finding", None, 0.2), ("classification", 0.3, 0.3)])
+def test_head_dropout_is_the_tasks_default_unless_given(task, given, rate):
+    from deeplense_tf.config import ModelConfig, head_dropout
+
+    assert head_dropout(ModelConfig(task=task, dropout=given)) == rate
+
+
+def test_classification_head_has_no_dropout_by_default():
+    import keras
+
+    from deeplense_tf.config import ModelConfig
+    from deeplense_tf.models.heads import classification_head
+
+    features = keras.Input((8,))
+    model = keras.Model(features, classification_head(features, ModelConfig(task="classification"), 3))
+    assert model.get_layer("head_dropout").rate == 0.0  # the layer stays: features_model finds the head by it

@@ -4,8 +4,9 @@
 
 ConvNeXt atto/femto/pico/nano, ResNet-18/34 and XResNet-18/34 (basic blocks), ResNeXt-50/101 (32x4d), ResNet-200, ECA-ResNet-50,
 CSPResNet-50, DenseNet-264 and EfficientNet-lite0, after the timm recipes (layer counts,
-widths, zero-initialised last BatchNorm of each residual branch). All are trained from
-scratch here (no ImageNet weights), channels-last, and build at 32 px and above.
+widths, zero-initialised last BatchNorm of each residual branch, convolutions drawn He-normal
+over fan-out: ``conv_init``). All are trained from scratch here (no ImageNet weights),
+channels-last, and build at 32 px and above.
 
 CPU speed decides three blocks:
 
@@ -38,6 +39,17 @@ BN_EPSILON = 1e-5
 LN_EPSILON = 1e-6
 
 
+def conv_init() -> keras.initializers.Initializer:
+    """He-normal over fan-out (untruncated), as torchvision and timm draw a ResNet's convolutions.
+
+    Keras' "he_normal" scales by fan-in: 8x larger on the 1-channel 7x7 stem (std 0.20 against
+    0.025), so Adam's steps, about the learning rate whatever the weight's size, moved those
+    weights more slowly. Fan-out with a head without dropout brought resnet18 level with a plain
+    timm loop on the same files (BENCHMARKS.md, "Level with timm").
+    """
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
 @keras.saving.register_keras_serializable(package="deeplense_tf")
 class GroupedConv2D(keras.layers.Layer):
     """``Conv2D(filters, kernel_size, groups=groups)`` as one convolution per group.
@@ -66,7 +78,7 @@ class GroupedConv2D(keras.layers.Layer):
                               f"channels={channels}, groups={self.groups}")
         k = self.kernel_size
         self.kernel = self.add_weight(name="kernel", shape=(k, k, channels // self.groups, self.filters),
-                                      initializer="he_normal")
+                                      initializer=conv_init())
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
 
     def call(self, inputs):
@@ -217,7 +229,7 @@ def conv_bn(x, filters: int, kernel: int = 1, strides: int = 1, act: str | None 
         x = GroupedConv2D(filters, kernel, groups, strides, padding=padding, name=f"{name}_conv")(x)
     else:
         x = keras.layers.Conv2D(filters, kernel, strides, padding=padding, use_bias=False,
-                                kernel_initializer="he_normal", name=f"{name}_conv")(x)
+                                kernel_initializer=conv_init(), name=f"{name}_conv")(x)
     x = batch_norm(x, f"{name}_bn", zero_gamma)
     return activation(x, act, f"{name}_act") if act else x
 
