@@ -47,7 +47,7 @@ def augmentation_layers(seed: int | None = None, shift: float = 0.0, noise: floa
         # A mirror, then a random quarter turn: each of the 8 symmetries of the square with probability 1/8.
         # Not RandomFlip("horizontal_and_vertical"): it draws one coin per image for both axes, so it
         # only ever turns an image by 180 degrees, and with RandomRot90 no image was ever mirrored
-        # (BENCHMARKS.md, "Mirrored images").
+        # (BENCHMARKS.md, "Level with timm").
         keras.layers.RandomFlip("horizontal", seed=seed, name="random_flip"),
         RandomRot90(seed=None if seed is None else seed + 1, name="random_rot90"),
     ]
