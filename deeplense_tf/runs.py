@@ -226,7 +226,9 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
             "seed": config["train"]["seed"], "epochs": f"{done}/{config['train']['epochs']}", "status": status,
             "metric": metric, "value": metrics.get("metrics", {}).get(metric),
             "ci95": (metrics.get("metrics", {}).get("ci95") or {}).get(metric),
-            "n_test": metrics.get("n"), "train_seconds": seconds}
+            "n_test": metrics.get("n"), "train_seconds": seconds,
+            # fit's logged validation disagreed with the saved weights (training/revalidate.py)
+            "val_disagreed": bool((metrics.get("revalidation") or {}).get("disagreement", False))}
 
 
 def run_table(root: str | Path):

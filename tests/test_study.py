@@ -137,6 +137,7 @@ def test_leaderboard_merges_runs_done_elsewhere(tmp_path):
     board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
     assert list(board.index) == ["cls", "reg"]  # the study's order; a run unfinished there is left out
     assert board.loc["reg", "mean"] == 0.25 and board.loc["reg", "source"] == str(other)
+    assert board.loc["reg", "val_disagreed"] == 0  # a leaderboard.csv written before that column
     text = (folder / "leaderboard.md").read_text()
     assert "| reg * |" in text and f"* from `{other}`" in text
     assert (folder / "leaderboard.png").is_file() and (folder / "learning_curves.png").is_file()
@@ -173,3 +174,24 @@ def test_leaderboard_merge_refuses_what_is_not_a_leaderboard(tmp_path):
     good.with_name("learning_curves.csv").write_text("run,mae\nreg,0.1\n")
     with pytest.raises(ConfigError, match=r"--merge .*leaderboard.csv: .*learning_curves.csv is not a study's"):
         leaderboard.write_leaderboard(tmp_path / "s", "s", [good])
+
+
+def test_leaderboard_marks_a_run_whose_fit_validation_disagreed(tmp_path):
+    """A seed whose revalidation found fit's logged validation off from its saved weights is counted
+    and marked: its learning curve is fit's validation, not to be trusted."""
+    folder = tmp_path / "s"
+    for name, disagreement in (("bad", True), ("good", False)):
+        run = folder / name / "seed0" / f"resnet18-regression-{name}"
+        (run / "checkpoints").mkdir(parents=True)
+        RunConfig().save(run / "config.json")
+        (run / runs.DATA_INFO).write_text(json.dumps({"counts": {"train": 100}}))
+        (run / "history.csv").write_text("epoch,val_mae,epoch_seconds\n0,0.9,1.0\n")
+        (run / "metrics.json").write_text(json.dumps({
+            "n": 10, "metrics": {"mae": 0.1, "ci95": {"mae": [0.09, 0.11]}},
+            "revalidation": {"monitor": "val_loss", "kept": 1, "disagreement": disagreement}}))
+    assert runs.run_table(folder).set_index("run")["val_disagreed"].sum() == 1
+    leaderboard.write_leaderboard(folder, "s")
+    board = pd.read_csv(folder / "leaderboard.csv").set_index("run")
+    assert board.loc["bad", "val_disagreed"] == 1 and board.loc["good", "val_disagreed"] == 0
+    text = (folder / "leaderboard.md").read_text()
+    assert "| bad † |" in text and "| good |" in text and "† in at least one seed" in text

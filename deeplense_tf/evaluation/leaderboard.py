@@ -7,6 +7,10 @@ headline test metric over the seeds that finished, its training time (the sum of
 and data set (``references.py``), marked comparable only where our data follow the released
 sets' recipe (``sim:<preset>:noise=published``).
 
+``val_disagreed`` counts the seeds whose ``fit`` logged validation values that the saved weights do
+not reproduce afterwards (``training/revalidate.py``); the markdown marks those runs with a dagger, since
+their learning curves come from that same in-fit validation.
+
 ``learning_curves.csv`` / ``.png`` hold each run's validation metric against the training images
 it has seen (history.csv by epoch x the training split's size): where the curves still fall or
 rise at the end is where more images or epochs (a GPU, the ``literature`` study) would take a task.
@@ -32,7 +36,9 @@ from deeplense_tf.evaluation.plots import metric_against_time
 from deeplense_tf.evaluation.references import PRESET_DATASETS, references_for
 
 COLUMNS = ["run", "task", "arch", "data", "samples", "epochs", "seeds", "metric", "mean", "std", "ci95_low",
-           "ci95_high", "train_seconds", "images_per_second", "failed_or_unfinished", "source"]
+           "ci95_high", "train_seconds", "images_per_second", "failed_or_unfinished", "val_disagreed", "source"]
+# Columns a leaderboard.csv written by an older version may lack (merge fills them).
+OPTIONAL_COLUMNS = {"val_disagreed": 0, "source": ""}
 
 
 def seed_rows(folder: Path) -> pd.DataFrame:
@@ -97,7 +103,10 @@ def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
             **interval_over_seeds(finished),
             "train_seconds": finished["train_seconds"].astype(float).mean() if len(finished) else np.nan,
             "images_per_second": finished["images_per_second"].astype(float).mean() if len(finished) else np.nan,
-            "failed_or_unfinished": len(group) - len(finished), "source": "",
+            "failed_or_unfinished": len(group) - len(finished),
+            "val_disagreed": int(finished["val_disagreed"].fillna(False).astype(bool).sum())
+            if "val_disagreed" in finished else 0,
+            "source": "",
         })
     return pd.DataFrame(table, columns=COLUMNS)
 
@@ -118,7 +127,7 @@ def merge(table: pd.DataFrame, others: list[Path]) -> tuple[pd.DataFrame, dict[s
         if not path.is_file():
             raise ConfigError(f"--merge {path}: no such file (give the leaderboard.csv of another study folder)")
         other = pd.read_csv(path)
-        missing = [c for c in COLUMNS if c not in other.columns and c != "source"]
+        missing = [c for c in COLUMNS if c not in other.columns and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ConfigError(f"--merge {path}: not a study leaderboard.csv (missing columns {', '.join(missing)})")
         for row in other.to_dict("records"):
@@ -128,8 +137,8 @@ def merge(table: pd.DataFrame, others: list[Path]) -> tuple[pd.DataFrame, dict[s
             if have and records[have[0]]["seeds"] > 0:
                 continue
             source = row.get("source")  # a row merged before keeps where it came from
-            row = {**{c: row.get(c) for c in COLUMNS}, "source": source if isinstance(source, str) and source
-                   else str(path)}
+            row = {**{c: row.get(c, OPTIONAL_COLUMNS.get(c)) for c in COLUMNS},
+                   "source": source if isinstance(source, str) and source else str(path)}
             if have:
                 records[have[0]] = row
             else:
@@ -161,7 +170,8 @@ def merged_curves(taken: dict[str, Path]) -> pd.DataFrame:
 def with_planned(table: pd.DataFrame, planned: list[dict]) -> pd.DataFrame:
     """``table`` plus a 0-seed row for each planned run it has no row of."""
     listed = set(table["run"])
-    missing = [{**{c: np.nan for c in COLUMNS}, **row, "seeds": 0, "failed_or_unfinished": 0, "source": ""}
+    missing = [{**{c: np.nan for c in COLUMNS}, **row, "seeds": 0, "failed_or_unfinished": 0, "val_disagreed": 0,
+                "source": ""}
                for row in planned if row["run"] not in listed]
     if not missing:
         return table
@@ -195,7 +205,7 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}", "", "95 % interval: bootstrap over the test images (the widest over seeds).", "",
              "| run | task | arch | data | epochs | seeds | metric | mean | 95 % interval | std | train s | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    sources = []
+    sources, disagreed = [], False
     for r in table.itertuples():
         interval = f"[{_num(r.ci95_low)}, {_num(r.ci95_high)}]" if r.ci95_low == r.ci95_low else ""
         mark = ""
@@ -203,6 +213,9 @@ def markdown(table: pd.DataFrame, title: str) -> str:
             if r.source not in sources:
                 sources.append(r.source)
             mark = " " + "*" * (sources.index(r.source) + 1)
+        if r.val_disagreed == r.val_disagreed and r.val_disagreed:  # not NaN, not 0
+            mark += " †"
+            disagreed = True
         mean = _num(r.mean) or ("unfinished" if r.failed_or_unfinished else "not run")
         lines.append(f"| {r.run}{mark} | {r.task} | {r.arch} | {r.data} | {r.epochs} | {r.seeds} | {r.metric} | "
                      f"{mean} | {interval} | {_num(r.std)} | {_num(r.train_seconds, 0)} | "
@@ -211,6 +224,10 @@ def markdown(table: pd.DataFrame, title: str) -> str:
         lines.append("")
         lines += [f"{'*' * (i + 1)} from `{src}` (run elsewhere; its run folders are not in this one)."
                   for i, src in enumerate(sources)]
+    if disagreed:
+        lines += ["", "† in at least one seed the validation loss `fit` logged disagreed with the weights it saved "
+                  "(`metrics.json`, \"revalidation\"): the run reports the checkpoint that measures best on the "
+                  "validation split afterwards, but its learning curve (fit's own validation) is not to be trusted."]
     seen = set()
     for r in table.itertuples():
         dataset, comparable = dataset_of(r.data)
