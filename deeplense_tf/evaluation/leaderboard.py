@@ -104,8 +104,7 @@ def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
             "train_seconds": finished["train_seconds"].astype(float).mean() if len(finished) else np.nan,
             "images_per_second": finished["images_per_second"].astype(float).mean() if len(finished) else np.nan,
             "failed_or_unfinished": len(group) - len(finished),
-            "val_disagreed": int(finished["val_disagreed"].fillna(False).astype(bool).sum())
-            if "val_disagreed" in finished else 0,
+            "val_disagreed": int(finished["val_disagreed"].astype(bool).sum()),  # run_summary always has it
             "source": "",
         })
     return pd.DataFrame(table, columns=COLUMNS)
@@ -170,8 +169,7 @@ def merged_curves(taken: dict[str, Path]) -> pd.DataFrame:
 def with_planned(table: pd.DataFrame, planned: list[dict]) -> pd.DataFrame:
     """``table`` plus a 0-seed row for each planned run it has no row of."""
     listed = set(table["run"])
-    missing = [{**{c: np.nan for c in COLUMNS}, **row, "seeds": 0, "failed_or_unfinished": 0, "val_disagreed": 0,
-                "source": ""}
+    missing = [{**{c: np.nan for c in COLUMNS}, **OPTIONAL_COLUMNS, **row, "seeds": 0, "failed_or_unfinished": 0}
                for row in planned if row["run"] not in listed]
     if not missing:
         return table
