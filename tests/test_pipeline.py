@@ -6,8 +6,9 @@ import tensorflow as tf
 
 from tests.helpers import tiny_images, write_class_folders
 from deeplense_tf.data.npy import NpyFileImages, read_npy, read_npy_header
-from deeplense_tf.data.pipeline import create_dataset, decode_npy, epoch_order
+from deeplense_tf.data.pipeline import _take, create_dataset, decode_npy, epoch_order
 from deeplense_tf.models.augment import augmenter
+from deeplense_tf.models.autoencoders import create_autoencoder
 from deeplense_tf.data.sources import load_data
 
 
@@ -124,3 +125,37 @@ def test_resumed_pipeline_repeats_the_epochs_it_continues(balance):
     assert not np.array_equal(epochs[0], epochs[1])
     resumed = create_dataset(images, labels, 8, training=True, seed=5, balance=balance, first_epoch=2)
     np.testing.assert_array_equal(drain(resumed)[0].ravel(), epochs[2])
+
+
+def _aligned_images(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 64, 64, 1) float32 whose every row starts on a 64-byte boundary: TensorFlow takes such
+    arrays from ``tf.numpy_function`` without copying them."""
+    buffer = np.empty(n * 64 * 64 + 16, np.float32)
+    start = (-buffer.ctypes.data % 64) // 4
+    images = buffer[start:start + n * 64 * 64].reshape(n, 64, 64, 1)
+    images[...] = np.random.default_rng(seed).gamma(2.0, 1.0, images.shape) + 5
+    return images
+
+
+def test_batches_never_share_memory_with_the_source_array():
+    """The batches are the pipeline's own copies: a kernel that reuses its input buffer (TensorFlow
+    forwards buffers it holds the only reference to) must not write into the caller's images."""
+    images = _aligned_images(64)
+    for rows in (np.arange(8, 40), np.array([3, 1, 2])):  # in order (one slice) and gathered
+        block = _take(images, rows)
+        assert not np.shares_memory(block, images)
+        block[...] = 0
+    assert images.min() > 0
+
+
+def test_evaluating_again_and_again_leaves_the_validation_images_as_they_were():
+    """Seen in fit (BENCHMARKS.md, "In-fit validation that drifts"): the autoencoder's loss wrote
+    its residuals into the validation images, so each later pass scored other images."""
+    images = _aligned_images(448)
+    before = images.copy()
+    model = create_autoencoder("conv_autoencoder", (64, 64, 1), seed=0)
+    model.compile(optimizer="adam")
+    val = create_dataset(images, np.zeros(len(images), np.int64), 32, training=False)
+    losses = [model.evaluate(val, verbose=0, return_dict=True)["loss"] for _ in range(8)]
+    np.testing.assert_array_equal(images, before)
+    assert max(losses) - min(losses) < 1e-6 * max(losses)

@@ -205,8 +205,16 @@ def _shard_ids(images) -> np.ndarray | None:
 
 
 def _take(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows as a new float32 array, never a view of ``images``.
+
+    Why a copy: TensorFlow takes an aligned array from ``tf.numpy_function`` without copying it, and
+    a kernel holding the only reference to a buffer may write its output into it. A view would let
+    the model overwrite the caller's images: measured, the autoencoder's loss wrote its squared
+    residuals into the validation images, so every later validation pass scored other images
+    (BENCHMARKS.md, "In-fit validation that drifted").
+    """
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
-        return np.asarray(images[rows[0]:rows[-1] + 1], np.float32)  # in order: one slice
+        return np.array(images[rows[0]:rows[-1] + 1], np.float32, copy=True)  # in order: one slice, copied
     return np.asarray(images.take(rows, axis=0) if type(images) is np.ndarray else images[rows], np.float32)
 
 

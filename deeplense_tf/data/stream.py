@@ -162,7 +162,8 @@ class StreamSource:
             return
         epoch, step = divmod(b, self.batches_per_epoch)
         if step >= self.batches_per_epoch - self.keep_last:
-            self._kept.setdefault(epoch, {})[step] = (x, y)
+            # copies: the yielded arrays go to TensorFlow without a copy, and a kernel may reuse their memory
+            self._kept.setdefault(epoch, {})[step] = (x.copy(), y.copy())
             for old in [e for e in list(self._kept) if e < epoch - 1]:
                 self._kept.pop(old, None)
 
