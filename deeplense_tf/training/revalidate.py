@@ -2,11 +2,13 @@
 
 Why: the run reports (tests, exports) ``best.keras``, chosen epoch by epoch from the validation
 value ``fit`` logged. If that in-fit validation ever disagrees with the weights it saves, the
-wrong epoch is kept and nothing says so. It happened once (BENCHMARKS.md, "Rerun of the
-regression"): a 40-epoch regression kept its epoch-2 weights (test MAE 0.245) because fit logged
-val_loss 0.20 for its last epoch, whose saved weights score 0.012 (MAE 0.077) on the same
-images; an idle rerun of the same settings did not repeat it. The check costs one validation
-pass per checkpoint (two at most) and:
+wrong epoch is kept and nothing says so. It happened (BENCHMARKS.md, "Rerun of the regression"):
+a 40-epoch regression kept its epoch-2 weights (test MAE 0.245) because fit logged val_loss 0.20
+for its last epoch, whose saved weights score 0.012 (MAE 0.077) on the same images. The cause,
+found later, was the input pipeline letting the model overwrite the validation images (BENCHMARKS.md,
+"In-fit validation that drifted"; fixed in ``data.pipeline._take``); the check stays as the guard
+that says so if anything ever makes the two disagree again. It costs one validation pass per
+checkpoint (two at most) and:
 
 - records, per checkpoint, the epoch, the value ``fit`` logged and the value measured now
   (``metrics.json``, key ``revalidation``), and warns when they differ by more than ``TOLERANCE``;
