@@ -149,7 +149,7 @@ def test_batches_never_share_memory_with_the_source_array():
 
 
 def test_evaluating_again_and_again_leaves_the_validation_images_as_they_were():
-    """Seen in fit (BENCHMARKS.md, "In-fit validation that drifts"): the autoencoder's loss wrote
+    """Seen in fit (BENCHMARKS.md, "In-fit validation that drifted"): the autoencoder's loss wrote
     its residuals into the validation images, so each later pass scored other images."""
     images = _aligned_images(448)
     before = images.copy()
