@@ -115,3 +115,17 @@ def test_train_two_epochs_then_resume_on_the_same_evaluation_set(sim_cache, tmp_
     rebuilt = prepare_data(RunConfig.load(run / "config.json"))  # what evaluate RUN_DIR scores
     check_split(rebuilt, run / "split.csv")
     assert json.loads((run / "metrics.json").read_text())["n"] == len(rebuilt.splits["test"])
+
+
+def test_recalibration_keeps_its_own_copies_of_the_batches(sim_cache):
+    """The yielded batches go to TensorFlow without a copy (and a kernel may write into them), so the
+    batches kept for BatchNorm recalibration must be copies (BENCHMARKS.md, "In-fit validation that drifted")."""
+    source = _source(_prepared(), keep_last=1)  # 3 steps an epoch: step 2 is kept
+    try:
+        x, y = np.ones((4, 64, 64, 1), np.float32), np.arange(4)
+        source._keep(2, x, y)
+        kept_x, kept_y = source._kept[0][2]
+        assert not np.shares_memory(kept_x, x) and not np.shares_memory(kept_y, y)
+        np.testing.assert_array_equal(kept_x, x)
+    finally:
+        source.close()
